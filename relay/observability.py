@@ -1,0 +1,81 @@
+"""Logs and metrics.
+
+Logs are structlog, one JSON object a line on stderr (or a console format for humans).
+They never carry secrets, message text or bodies: :func:`redact` removes the keys that
+could hold them, whatever a caller passes. Metrics are Prometheus, served at ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_REDACTED_KEYS = frozenset({
+    "text", "body", "password", "authorization", "secret", "token", "content",
+    "message_text", "signature",
+})  # fmt: skip
+
+
+def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: drop values that may hold secrets or message text."""
+    for key in _REDACTED_KEYS.intersection(event):
+        event[key] = "[redacted]"
+    return event
+
+
+def configure_logging(level: str = "info", fmt: str = "json") -> None:
+    """Set up structlog for the process."""
+    renderer: Any = (structlog.processors.JSONRenderer() if fmt == "json"
+                     else structlog.dev.ConsoleRenderer(colors=False))  # fmt: skip
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            getattr(logging, level.upper(), logging.INFO)),  # fmt: skip
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(name: str) -> Any:
+    """A bound structlog logger."""
+    return structlog.get_logger(name)
+
+
+class Metrics:
+    """relay's Prometheus metrics, in a registry of their own (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.postbacks = Counter("relay_postbacks", "Postbacks answered, by source and outcome",
+                                 ["source", "outcome"], registry=r)  # fmt: skip
+        self.ack_seconds = Histogram(
+            "relay_ack_seconds", "Time from request to acknowledgement (spooled)",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5), registry=r)
+        self.events = Counter("relay_events_published", "Records acknowledged by Kafka",
+                              ["topic"], registry=r)  # fmt: skip
+        self.duplicates = Counter("relay_duplicates", "Events not published again (dedup window)",
+                                  ["source"], registry=r)  # fmt: skip
+        self.dead_letters = Counter("relay_dead_letters", "Postbacks dead-lettered",
+                                    ["source"], registry=r)  # fmt: skip
+        self.notices = Counter("relay_provider_notices",
+                               "Provider notices that are not message statuses (not published)",
+                               ["source", "code"], registry=r)  # fmt: skip
+        self.publish_errors = Counter("relay_publish_errors", "Failed publish attempts",
+                                      registry=r)  # fmt: skip
+        self.backlog = Gauge("relay_spool_pending", "Raw postbacks not yet published",
+                             registry=r)  # fmt: skip
+        self.spool_bytes = Gauge("relay_spool_bytes", "Bytes held in the spool", registry=r)
+        self.kafka_up = Gauge("relay_kafka_connected", "1 when the producer is connected",
+                              registry=r)  # fmt: skip

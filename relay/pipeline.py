@@ -1,0 +1,399 @@
+"""After the ack: spooled raw postbacks -> normalised events -> Kafka -> marked done.
+
+One path serves both the live relay and ``relay replay``:
+
+* :class:`Normaliser` derives everything a raw postback yields (events, consent events,
+  notices, or the reason it must be dead-lettered). It never raises.
+* :func:`records_for` turns a derivation into Kafka records (with CloudEvents headers),
+  skipping event ids already published inside the dedup window.
+* :class:`Pipeline` is the background task: it reads pending rows in order, publishes
+  their records, and marks a row done only when Kafka acknowledged all of them. Kafka
+  down or slow: rows stay pending and the loop retries with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from relay.errors import ConfigError, NormalisationError, PublishError
+from relay.observability import Metrics, get_logger
+from relay.providers import SourceContext
+from relay.publish import Publisher, Record, Topics
+from relay.schema import (
+    AnyEvent,
+    ConsentAction,
+    ConsentEvent,
+    Event,
+    Notice,
+    RawPostback,
+    event_id,
+    rfc3339,
+)
+from relay.settings import Keywords
+from relay.sources import Source
+from relay.spool import DEAD, PUBLISHED, Outcome, Spool
+
+log = get_logger("relay.pipeline")
+
+CE_SPECVERSION = b"1.0"
+CE_TYPES = {
+    "delivery_receipt": b"com.relay.messaging.delivery_receipt.v1",
+    "inbound_message": b"com.relay.messaging.inbound_message.v1",
+    "consent": b"com.relay.messaging.consent.v1",
+    "dead_letter": b"com.relay.messaging.dead_letter.v1",
+    "raw": b"com.relay.messaging.raw_postback.v1",
+}
+JSON = b"application/json"
+
+
+# --- deriving events -----------------------------------------------------------------------
+
+
+def match_keyword(message: str | None, keywords: Keywords) -> tuple[ConsentAction, str] | None:
+    """The consent action of a message that is exactly a keyword (trimmed, any case)."""
+    if not message:
+        return None
+    word = message.strip().upper()
+    for action, words in (("opt_out", keywords.opt_out), ("opt_in", keywords.opt_in),
+                          ("help", keywords.help)):  # fmt: skip
+        if word in words:
+            return action, word  # type: ignore[return-value]
+    return None
+
+
+def with_consent(event: Event, ctx: SourceContext) -> list[AnyEvent]:
+    """An inbound message, plus its consent event when the text is a keyword."""
+    found = match_keyword(event.text, ctx.keywords) if event.type == "inbound_message" else None
+    if found is None:
+        return [event]
+    action, word = found
+    consent = ConsentEvent(
+        id=event_id("consent", event.id), action=action, keyword=word, source=event.source,
+        provider=event.provider, channel=event.channel, subscriber=event.from_,
+        number=event.to, message_id=event.message_id, occurred_at=event.occurred_at,
+        received_at=event.received_at, raw_id=event.raw_id,
+    )  # fmt: skip
+    return [dataclasses.replace(event, keyword=action), consent]
+
+
+@dataclass(frozen=True)
+class Derived:
+    """Everything one raw postback yields."""
+
+    raw: RawPostback
+    provider: str
+    events: list[AnyEvent] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
+    error: str | None = None
+
+
+class Normaliser:
+    """Runs each raw postback through its source's provider adapter."""
+
+    def __init__(self, sources: Mapping[str, Source]) -> None:
+        self.sources = sources
+
+    def derive(self, raw: RawPostback) -> Derived:
+        """What ``raw`` yields; an adapter failure becomes ``error`` (a dead letter)."""
+        source = self.sources.get(raw.source)
+        if source is None:
+            return Derived(raw, "", error=f"source {raw.source!r} is not configured")
+        provider = source.provider.name
+        try:
+            output = source.provider.normalise(raw, source.context)
+        except NormalisationError as exc:
+            return Derived(raw, provider, error=str(exc))
+        except Exception as exc:  # an adapter bug must not stop the pipeline
+            return Derived(raw, provider, error=f"adapter error {type(exc).__name__}: {exc}")
+        events: list[AnyEvent] = []
+        notices: list[Notice] = []
+        for item in output:
+            if isinstance(item, Notice):
+                notices.append(item)
+            elif isinstance(item, Event):
+                events.extend(with_consent(item, source.context))
+            else:
+                events.append(item)
+        return Derived(raw, provider, events, notices)
+
+
+# --- records ---------------------------------------------------------------------------------
+
+
+def raw_to_json(raw: RawPostback) -> dict[str, Any]:
+    """A raw postback as JSON (body base64): the raw archive and dead-letter form."""
+    return {
+        "raw_id": raw.id,
+        "source": raw.source,
+        "received_at": rfc3339(raw.received_at),
+        "received_at_unix": raw.received_at,
+        "remote_addr": raw.remote_addr,
+        "method": raw.method,
+        "path": raw.path,
+        "query": raw.query,
+        "headers": [list(h) for h in raw.headers],
+        "body_base64": base64.b64encode(raw.body).decode(),
+    }
+
+
+def raw_from_json(data: Mapping[str, Any]) -> RawPostback:
+    """The inverse of :func:`raw_to_json` (replay from the raw topic)."""
+    return RawPostback(
+        id=int(data["raw_id"]), source=str(data["source"]),
+        received_at=float(data["received_at_unix"]), remote_addr=str(data["remote_addr"]),
+        method=str(data["method"]), path=str(data["path"]), query=str(data["query"]),
+        headers=tuple((str(k), str(v)) for k, v in data["headers"]),
+        body=base64.b64decode(data["body_base64"]),
+    )  # fmt: skip
+
+
+def _headers(ce_id: str, ce_type: bytes, source: str, ce_time: str,
+             extra: Sequence[tuple[str, bytes]]) -> tuple[tuple[str, bytes], ...]:  # fmt: skip
+    return (
+        ("ce_specversion", CE_SPECVERSION),
+        ("ce_id", ce_id.encode()),
+        ("ce_source", f"/relay/sources/{source}".encode()),
+        ("ce_type", ce_type),
+        ("ce_time", ce_time.encode()),
+        ("content-type", JSON),
+        *extra,
+    )
+
+
+def event_record(event: AnyEvent, topics: Topics,
+                 extra: Sequence[tuple[str, bytes]] = ()) -> Record:  # fmt: skip
+    """The Kafka record of one event."""
+    return Record(
+        topic=topics.for_kind(event.type),
+        key=event.key.encode(),
+        value=event.to_json(),
+        headers=_headers(event.id, CE_TYPES[event.type], event.source,
+                         event.occurred_at or event.received_at, extra),  # fmt: skip
+    )
+
+
+def raw_record(raw: RawPostback, topics: Topics) -> Record:
+    """The raw-archive record of a postback, keyed by source."""
+    return Record(
+        topic=topics.for_kind("raw"), key=raw.source.encode(),
+        value=orjson.dumps(raw_to_json(raw)),
+        headers=_headers(f"raw-{raw.source}-{raw.id}", CE_TYPES["raw"], raw.source,
+                         rfc3339(raw.received_at), ()),  # fmt: skip
+    )  # fmt: skip
+
+
+def dead_letter_record(derived: Derived, topics: Topics,
+                       extra: Sequence[tuple[str, bytes]] = ()) -> Record:  # fmt: skip
+    """The dead-letter record of a postback that could not be normalised."""
+    raw = derived.raw
+    value = {"error": derived.error, "provider": derived.provider, "raw": raw_to_json(raw)}
+    return Record(
+        topic=topics.for_kind("dead_letter"), key=raw.source.encode(), value=orjson.dumps(value),
+        headers=_headers(f"dead-{raw.source}-{raw.id}", CE_TYPES["dead_letter"], raw.source,
+                         rfc3339(raw.received_at), extra),  # fmt: skip
+    )  # fmt: skip
+
+
+@dataclass
+class Batch:
+    """Records of several raw postbacks and which postback each record belongs to."""
+
+    records: list[Record] = field(default_factory=list)
+    owner: list[int] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+    duplicates: dict[str, int] = field(default_factory=dict)
+
+    def add(self, record: Record, index: int) -> None:
+        """Add a record owned by outcome ``index``."""
+        self.records.append(record)
+        self.owner.append(index)
+
+
+def build_batch(derivations: Iterable[Derived], topics: Topics, *, skip: set[str],
+                archive: bool = True, extra: Sequence[tuple[str, bytes]] = ()) -> Batch:
+    """Records for many derivations; event ids in ``skip`` (and repeats) are left out.
+
+    ``archive`` adds the raw-archive record (the live path); replay leaves it out.
+    """
+    batch = Batch()
+    taken = set(skip)
+    for derived in derivations:
+        index = len(batch.outcomes)
+        raw = derived.raw
+        if archive:
+            batch.add(raw_record(raw, topics), index)
+        if derived.error is not None:
+            batch.add(dead_letter_record(derived, topics, extra), index)
+            batch.outcomes.append(Outcome(raw.id, DEAD, (), derived.error))
+            continue
+        ids = []
+        for event in derived.events:
+            if event.id in taken:
+                batch.duplicates[raw.source] = batch.duplicates.get(raw.source, 0) + 1
+                continue
+            taken.add(event.id)
+            ids.append(event.id)
+            batch.add(event_record(event, topics, extra), index)
+        batch.outcomes.append(Outcome(raw.id, PUBLISHED, tuple(ids)))
+    return batch
+
+
+def acknowledged(batch: Batch, results: Sequence[BaseException | None]) -> list[Outcome]:
+    """The outcomes whose every record Kafka acknowledged."""
+    failed = {batch.owner[i] for i, r in enumerate(results) if r is not None}
+    return [o for i, o in enumerate(batch.outcomes) if i not in failed]
+
+
+# --- the background task --------------------------------------------------------------------
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with jitter, reset on success."""
+
+    base: float = 0.2
+    cap: float = 10.0
+    attempt: int = 0
+
+    def next(self) -> float:
+        """The next delay."""
+        delay: float = min(self.cap, self.base * (2**self.attempt))
+        self.attempt += 1
+        return delay * (0.5 + random.random() / 2)
+
+    def reset(self) -> None:
+        """Back to the first delay."""
+        self.attempt = 0
+
+
+class Pipeline:
+    """Publishes spooled postbacks, in order, until stopped."""
+
+    def __init__(self, spool: Spool, normaliser: Normaliser, publisher: Publisher,
+                 topics: Topics, metrics: Metrics, *, dedup_window: float,
+                 ensure: Callable[[], Any] | None = None, batch_size: int = 256,
+                 clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+        self.spool = spool
+        self.normaliser = normaliser
+        self.publisher = publisher
+        self.topics = topics
+        self.metrics = metrics
+        self.dedup_window = dedup_window
+        self.ensure = ensure
+        self.batch_size = batch_size
+        self.clock = clock
+        self.connected = False
+        self.fatal: str | None = None
+        self.last_error: str | None = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def wake(self) -> None:
+        """Tell the loop new rows were committed (called on the event loop)."""
+        self._wake.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def _connect(self) -> bool:
+        try:
+            if self.ensure is not None:
+                await self.ensure()
+            await self.publisher.start()
+        except ConfigError as exc:  # a topic is missing and may not be created
+            self.fatal = str(exc)
+            log.error("kafka_topics_missing", problem=self.fatal)
+            return False
+        except PublishError as exc:
+            self.last_error = str(exc)
+            log.warning("kafka_unreachable", problem=str(exc))
+            return False
+        self.connected, self.fatal, self.last_error = True, None, None
+        self.metrics.kafka_up.set(1)
+        log.info("kafka_connected")
+        return True
+
+    async def run(self) -> None:
+        """Loop until :meth:`stop`; never raises for Kafka trouble."""
+        backoff = Backoff()
+        while not self._stopping:
+            if not self.connected and not await self._connect():
+                await self._sleep(backoff.next() if self.fatal is None else 30.0)
+                continue
+            try:
+                busy = await self.step()
+            except PublishError as exc:
+                self.last_error = str(exc)
+                self.metrics.publish_errors.inc()
+                log.warning("publish_failed", problem=str(exc))
+                await self._sleep(backoff.next())
+                continue
+            backoff.reset()
+            if not busy:
+                await self._sleep(1.0)
+
+    async def step(self) -> bool:
+        """Publish one batch of pending rows; False when there was nothing to do."""
+        self._wake.clear()
+        rows = await asyncio.to_thread(self.spool.pending, 0, self.batch_size)
+        if not rows:
+            return False
+        derivations = []
+        for i, raw in enumerate(rows):
+            derivations.append(self.normaliser.derive(raw))
+            if i % 64 == 63:
+                await asyncio.sleep(0)  # let acks in between
+        ids = [e.id for d in derivations for e in d.events]
+        since = self.clock() - self.dedup_window
+        seen = await asyncio.to_thread(self.spool.seen_ids, ids, since) if ids else set()
+        batch = build_batch(derivations, self.topics, skip=seen)
+        results = await self.publisher.send_all(batch.records)
+        done = acknowledged(batch, results)
+        if done:
+            await self.spool.complete(done, self.clock())
+        self._account(derivations, batch, results, done)
+        if len(done) < len(batch.outcomes):
+            first = next(r for r in results if r is not None)
+            raise PublishError(f"{len(batch.outcomes) - len(done)} postbacks not acknowledged: "
+                               f"{type(first).__name__}: {first}")  # fmt: skip
+        return True
+
+    def _account(self, derivations: Sequence[Derived], batch: Batch,
+                 results: Sequence[BaseException | None], done: Sequence[Outcome]) -> None:  # fmt: skip
+        done_ids = {o.raw_id for o in done}
+        for rec, result in zip(batch.records, results, strict=True):
+            if result is None:
+                self.metrics.events.labels(rec.topic).inc()
+        for source, count in batch.duplicates.items():
+            self.metrics.duplicates.labels(source).inc(count)
+        for d in derivations:
+            if d.raw.id not in done_ids:
+                continue
+            for notice in d.notices:
+                self.metrics.notices.labels(d.raw.source, notice.code).inc()
+                log.info("provider_notice", source=d.raw.source, raw_id=d.raw.id,
+                         code=notice.code, detail=notice.detail)  # fmt: skip
+            if d.error is not None:
+                self.metrics.dead_letters.labels(d.raw.source).inc()
+                log.warning("dead_lettered", source=d.raw.source, raw_id=d.raw.id, error=d.error)
+
+    async def stop(self) -> None:
+        """Stop the loop (the caller cancels the task) and flush the producer."""
+        self._stopping = True
+        self._wake.set()
+        with contextlib.suppress(Exception):
+            await self.publisher.stop()
+        self.connected = False
+        self.metrics.kafka_up.set(0)

@@ -1,0 +1,100 @@
+"""Helpers every provider adapter uses: JSON, times, tables, addresses."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import orjson
+
+from relay.errors import NormalisationError
+from relay.numbers import normalise_address
+from relay.schema import AddressKind, Status, rfc3339
+
+
+def load_json(body: bytes) -> Any:
+    """The body as JSON, or :class:`NormalisationError`."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise NormalisationError(f"body is not JSON: {exc.msg} at {exc.pos}") from None
+
+
+def load_object(body: bytes) -> Mapping[str, Any]:
+    """The body as one JSON object, or :class:`NormalisationError`."""
+    data = load_json(body)
+    if not isinstance(data, dict):
+        raise NormalisationError(f"body is a JSON {type(data).__name__}, expected an object")
+    return data
+
+
+def text(value: object) -> str | None:
+    """A scalar as a string (None and empty stay None); containers are refused."""
+    if value is None or isinstance(value, dict | list):
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    result = str(value)
+    return result if result != "" else None
+
+
+def integer(value: object) -> int | None:
+    """An integer from an int or a numeric string, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def timestamp(value: object) -> str | None:
+    """A provider time as RFC 3339 UTC (``...Z``), or None if absent or unreadable.
+
+    Accepts ISO 8601 with ``Z`` or an offset (naive times are taken as UTC) and UNIX
+    seconds or milliseconds.
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        if isinstance(value, int | float) or (isinstance(value, str) and value.isdigit()):
+            seconds = float(value)
+            if seconds > 1e11:
+                seconds /= 1000.0
+            return rfc3339(seconds)
+        if not isinstance(value, str):
+            return None
+        dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except (ValueError, OverflowError, OSError):
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return rfc3339(dt.timestamp())
+
+
+def address(value: object, region: str | None) -> tuple[str | None, AddressKind | None]:
+    """A number or sender id, normalised (see :mod:`relay.numbers`)."""
+    return normalise_address(text(value), region)
+
+
+@cache
+def table(name: str) -> Mapping[str, Any]:
+    """A provider's mapping table, ``relay/data/<name>.toml``."""
+    data = resources.files("relay").joinpath("data", f"{name}.toml").read_bytes()
+    return tomllib.loads(data.decode())
+
+
+def status_of(name: str, key: str | None) -> tuple[Status, bool]:
+    """``(status, final)`` for ``key`` in the ``[statuses]`` table of provider ``name``.
+
+    A key the table does not know maps to ``("unknown", False)``.
+    """
+    entry = table(name).get("statuses", {}).get((key or "").lower())
+    if entry is None:
+        return "unknown", False
+    return entry["status"], bool(entry["final"])

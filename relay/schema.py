@@ -1,0 +1,234 @@
+"""The normalised event schema, v1, and the raw postback it is derived from.
+
+Everything a provider adapter produces is an :class:`Event` (a delivery receipt or an
+inbound message) or a :class:`ConsentEvent`. Their JSON form is specified by the JSON
+Schemas in ``schemas/`` and documented in ``docs/events.md``; ``to_json`` is the only
+serialiser, so the schema files and the records on Kafka cannot drift apart silently
+(the test suite validates every event it produces against the schema files).
+
+Event ids are deterministic: :func:`event_id` hashes the provider name and the
+provider's own dedup key, so a retried postback or a replay yields the same id.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+
+SCHEMA_VERSION = 1
+
+EventType = Literal["delivery_receipt", "inbound_message"]
+Channel = Literal["sms", "mms", "whatsapp", "rcs", "unknown"]
+Status = Literal[
+    "accepted",
+    "queued",
+    "sent",
+    "delivered",
+    "read",
+    "failed",
+    "rejected",
+    "expired",
+    "undeliverable",
+    "unknown",
+]
+ConsentAction = Literal["opt_out", "opt_in", "help"]
+AddressKind = Literal["e164", "short_code", "alphanumeric", "other"]
+
+CHANNELS: tuple[Channel, ...] = ("sms", "mms", "whatsapp", "rcs", "unknown")
+
+#: How far along its life a message is; a consumer keeps the highest rank it has seen,
+#: so a late ``sent`` (3) never overwrites ``delivered`` (5). All terminal states share 5
+#: except ``read`` (6), which can only follow a delivery.
+STATUS_RANK: dict[Status, int] = {
+    "unknown": 0,
+    "accepted": 1,
+    "queued": 2,
+    "sent": 3,
+    "delivered": 5,
+    "failed": 5,
+    "rejected": 5,
+    "expired": 5,
+    "undeliverable": 5,
+    "read": 6,
+}
+STATUSES: tuple[Status, ...] = tuple(STATUS_RANK)
+#: Statuses after which nothing more is expected (``unknown`` is final only when the
+#: provider says so, e.g. Bandwidth 9902).
+TERMINAL: frozenset[Status] = frozenset(
+    {"delivered", "read", "failed", "rejected", "expired", "undeliverable"}
+)
+
+_ID_NAMESPACE = uuid.UUID("6f1c4a52-6c2e-4d8e-9a57-2b1f0d5c7e31")
+
+
+def event_id(provider: str, *key: object) -> str:
+    """The deterministic id of a provider event, from the provider's dedup key parts."""
+    text = "\x1f".join("" if k is None else str(k) for k in key)
+    return str(uuid.uuid5(_ID_NAMESPACE, f"{provider}\x1e{text}"))
+
+
+def rfc3339(ts: float) -> str:
+    """A UNIX time as RFC 3339 UTC with millisecond precision: ``2025-03-01T10:00:05.120Z``."""
+    dt = datetime.fromtimestamp(ts, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+@dataclass(frozen=True, slots=True)
+class RawPostback:
+    """A postback exactly as received; what the spool stores and replay re-reads."""
+
+    source: str
+    received_at: float
+    remote_addr: str
+    method: str
+    path: str
+    query: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    id: int = 0
+
+    def header(self, name: str) -> str | None:
+        """The first value of a header (``name`` in lower case), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """A provider error code and its description."""
+
+    code: str
+    description: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    """One media attachment of an inbound message."""
+
+    url: str
+    content_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Carrier:
+    """The operator that handled the message, as far as the provider tells."""
+
+    name: str | None = None
+    mcc: str | None = None
+    mnc: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A normalised delivery receipt or inbound message (see ``schemas/``)."""
+
+    id: str
+    type: EventType
+    source: str
+    provider: str
+    channel: Channel
+    message_id: str | None
+    status: Status | None
+    final: bool
+    provider_status: str | None
+    from_: str | None
+    to: str | None
+    occurred_at: str | None
+    received_at: str
+    raw_id: int
+    client_ref: str | None = None
+    error: ErrorInfo | None = None
+    text: str | None = None
+    media: tuple[Media, ...] = ()
+    segments: int | None = None
+    carrier: Carrier | None = None
+    from_kind: AddressKind | None = None
+    to_kind: AddressKind | None = None
+    participants: tuple[str, ...] = ()
+    keyword: ConsentAction | None = None
+    flags: tuple[str, ...] = ()
+
+    @property
+    def status_rank(self) -> int:
+        """The rank of ``status`` in a message's life (see :data:`STATUS_RANK`)."""
+        return STATUS_RANK[self.status] if self.status else 0
+
+    @property
+    def key(self) -> str:
+        """The Kafka key: the message id for receipts, the conversation for inbound."""
+        if self.type == "delivery_receipt":
+            return self.message_id or self.id
+        return f"{self.to or ''}|{self.from_ or ''}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event's JSON object, as published."""
+        data = asdict(self)
+        data["from"] = data.pop("from_")
+        data["status_rank"] = self.status_rank
+        data["schema_version"] = SCHEMA_VERSION
+        data["media"] = list(data["media"])
+        data["participants"] = list(data["participants"])
+        data["flags"] = list(data["flags"])
+        if self.type == "delivery_receipt":
+            data.pop("text")
+            data.pop("media")
+            data.pop("keyword")
+        return data
+
+    def to_json(self) -> bytes:
+        """The event as JSON bytes."""
+        return orjson.dumps(self.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentEvent:
+    """A subscriber's opt-out, opt-in or help request, derived from an inbound message."""
+
+    id: str
+    action: ConsentAction
+    keyword: str
+    source: str
+    provider: str
+    channel: Channel
+    subscriber: str | None
+    number: str | None
+    message_id: str | None
+    occurred_at: str | None
+    received_at: str
+    raw_id: int
+    type: Literal["consent"] = field(default="consent")
+
+    @property
+    def key(self) -> str:
+        """The Kafka key: the subscriber's number, so one subscriber's changes stay ordered."""
+        return self.subscriber or self.id
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event's JSON object, as published."""
+        data = asdict(self)
+        data["schema_version"] = SCHEMA_VERSION
+        return data
+
+    def to_json(self) -> bytes:
+        """The event as JSON bytes."""
+        return orjson.dumps(self.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A provider notification that is not a message status (e.g. an MMS transcoding
+    notice): logged and counted, never published."""
+
+    code: str
+    detail: str | None = None
+
+
+AnyEvent = Event | ConsentEvent
+#: What a provider adapter's ``normalise`` returns items of.
+Output = Event | ConsentEvent | Notice

@@ -1,0 +1,178 @@
+"""relay's parts wired together, without any web framework.
+
+:class:`Service` owns the spool, the sources, the pipeline task and the pruner; the web
+app (``relay.app``) and the CLI drive it through :meth:`Service.start`,
+:meth:`Service.receive` and :meth:`Service.stop`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from relay.errors import ConfigError, PublishError, UnknownSource
+from relay.observability import Metrics, get_logger
+from relay.pipeline import Normaliser, Pipeline
+from relay.publish import KafkaPublisher, Publisher, Topics, ensure_topics
+from relay.schema import RawPostback
+from relay.settings import Settings
+from relay.sources import Source, build
+from relay.spool import Spool
+from relay.verify import Request, client_address
+
+log = get_logger("relay.service")
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A request to ``/hooks/...`` as the web layer hands it over."""
+
+    source: str
+    token: str | None
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+    peer: str | None
+    http_version: str = "1.1"
+
+
+class Service:
+    """The running relay: receive postbacks, publish them in the background."""
+
+    def __init__(self, settings: Settings, *, publisher: Publisher | None = None,
+                 clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+        self.settings = settings
+        self.clock = clock
+        self.metrics = Metrics()
+        self.sources: dict[str, Source] = dict(build(settings))
+        self.topics = Topics(settings.kafka.topic_prefix)
+        self.spool = Spool(settings.spool.dir, settings.spool.max_bytes, on_commit=self._committed)
+        self.normaliser = Normaliser(self.sources)
+        self.pipeline: Pipeline | None = None
+        if publisher is None and settings.kafka.configured:
+            publisher = KafkaPublisher(settings.kafka)
+        if publisher is not None:
+            self.pipeline = Pipeline(
+                self.spool, self.normaliser, publisher, self.topics, self.metrics,
+                dedup_window=settings.spool.dedup_window_hours * 3600,
+                ensure=self._ensure_topics if settings.kafka.configured else None, clock=clock,
+            )  # fmt: skip
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def _ensure_topics(self) -> None:
+        created = await ensure_topics(self.settings.kafka, self.topics.all())
+        if created:
+            log.info("kafka_topics_created", topics=created)
+
+    def _committed(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.wake()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the spool, check Kafka's topics, start the background tasks.
+
+        Raises :class:`ConfigError` if Kafka answers and a topic is missing (and may not be
+        created). Kafka unreachable is not an error: postbacks wait in the spool.
+        """
+        await asyncio.to_thread(self.spool.open)
+        if not self.settings.kafka.configured:
+            log.warning("kafka_not_configured",
+                        detail="no [kafka] bootstrap_servers: postbacks are acknowledged and "
+                        "wait in the spool until Kafka is configured")  # fmt: skip
+        elif self.pipeline is not None:
+            try:
+                await asyncio.wait_for(self._ensure_topics(), 15)
+            except ConfigError:
+                self.spool.close()
+                raise
+            except (PublishError, TimeoutError) as exc:
+                log.warning("kafka_unreachable_at_start", problem=str(exc) or "timeout",
+                            detail="postbacks are acknowledged and wait in the spool")  # fmt: skip
+        if self.pipeline is not None:
+            self._tasks.append(asyncio.create_task(self.pipeline.run(), name="relay-pipeline"))
+        self._tasks.append(asyncio.create_task(self._prune_loop(), name="relay-pruner"))
+        log.info("relay_started", sources=sorted(self.sources), spool=str(self.spool.path),
+                 kafka=list(self.settings.kafka.bootstrap_servers))  # fmt: skip
+
+    async def stop(self) -> None:
+        """Stop the background tasks, flush the producer, close the spool."""
+        if self.pipeline is not None:
+            await self.pipeline.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        await asyncio.to_thread(self.spool.close)
+        log.info("relay_stopped")
+
+    async def _prune_loop(self) -> None:
+        cfg = self.settings.spool
+        while True:
+            await asyncio.sleep(cfg.prune_interval_seconds)
+            now = self.clock()
+            try:
+                removed = await self.spool.prune(older_than=now - cfg.retention_hours * 3600,
+                                                 seen_before=now - cfg.dedup_window_hours * 3600)
+            except Exception as exc:
+                log.warning("prune_failed", problem=str(exc))
+                continue
+            if removed:
+                log.info("spool_pruned", rows=removed)
+
+    # --- the ack path ------------------------------------------------------------------------
+
+    def source_for(self, name: str, token: str | None) -> Source:
+        """The source a URL names (a token segment only on token sources), or 404."""
+        source = self.sources.get(name)
+        if source is None or (token is not None and not source.uses_token):
+            raise UnknownSource(f"no source {name!r}")
+        return source
+
+    async def receive(self, source: Source, req: Incoming) -> int:
+        """Check, verify and durably spool one postback; returns its raw_id.
+
+        The body size was already enforced by the web layer (it streams the body).
+        Raises a :class:`~relay.errors.HookError` for every refusal.
+        """
+        address = client_address(req.peer, req.headers.get("x-forwarded-for"),
+                                 self.settings.server.trusted_proxies)  # fmt: skip
+        source.allowlist.check(address)
+        now = self.clock()
+        source.verifier.verify(
+            Request(req.method, req.path, req.query, req.headers, req.body, req.token,
+                    req.http_version), now)  # fmt: skip
+        path = req.path if req.token is None else f"/hooks/{source.name}/{{token}}"
+        kept = tuple((k, v) for k, v in req.headers.items() if k in source.kept_headers)
+        raw = RawPostback(source=source.name, received_at=now, remote_addr=address,
+                          method=req.method, path=path, query=req.query, headers=kept,
+                          body=req.body)  # fmt: skip
+        return await self.spool.append(raw)
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether relay can take postbacks now, and why (the /readyz body)."""
+        stats = self.spool.stats()
+        self.metrics.backlog.set(stats.pending)
+        self.metrics.spool_bytes.set(stats.bytes)
+        spool_ok = self.spool.broken is None and stats.bytes < self.spool.max_bytes
+        body: dict[str, Any] = {
+            "spool": "ok" if spool_ok else (self.spool.broken or "over its size cap"),
+            "pending": stats.pending, "dead_letters": stats.dead, "spool_bytes": stats.bytes,
+        }  # fmt: skip
+        if not self.settings.kafka.configured:
+            body["kafka"] = "not configured: postbacks wait in the spool"
+        elif self.pipeline is None or not self.pipeline.connected:
+            problem = (self.pipeline.fatal or self.pipeline.last_error) if self.pipeline else None
+            body["kafka"] = f"unreachable: postbacks wait in the spool ({problem or 'connecting'})"
+        else:
+            body["kafka"] = "connected"
+        return spool_ok, body

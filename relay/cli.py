@@ -11,9 +11,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 from relay.errors import ConfigError
@@ -28,8 +30,22 @@ def _settings(path: str | None) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run relay until SIGTERM/SIGINT."""
+    """Run relay until SIGTERM/SIGINT, then drain and exit 0."""
     import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGTERM after its graceful shutdown (exit -15); relay's
+        shutdown is complete by then, so it exits 0 instead."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            previous = {s: signal.signal(s, self.handle_exit)
+                        for s in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
 
     from relay.app import create_app
     from relay.observability import configure_logging
@@ -45,7 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level="warning", timeout_graceful_shutdown=int(settings.server.shutdown_timeout),
         server_header=False, proxy_headers=False,
     )  # fmt: skip
-    server = uvicorn.Server(config)
+    server = Server(config)
     server.run()
     return 0 if server.started else 1
 

@@ -21,9 +21,16 @@ command -v mvn >/dev/null 2>&1 || { echo "fetch.sh: mvn not found on PATH" >&2; 
 # leaves a half-filled jars dir that looks usable.
 mkdir -p "$(dirname "$out")"
 tmp="$(mktemp -d "${out%/}.tmp.XXXXXX")"
-trap 'rm -rf "$tmp"' EXIT
-mvn -B -q -Dstyle.color=never -f "$pom" dependency:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory="$tmp"
+log="$tmp.log"
+trap 'rm -rf "$tmp" "$log"' EXIT
+# mvn -q still prints stray ANSI codes; keep its output and show it only on failure.
+if ! mvn -B -q -Dstyle.color=never -f "$pom" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$tmp" >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "fetch.sh: mvn failed (needs Maven Central); see output above" >&2
+    exit 1
+fi
+rm -f "$log"
 echo "$pom_sum" > "$tmp/.stamp"
 rm -rf "$out"
 mv "$tmp" "$out"

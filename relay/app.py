@@ -63,7 +63,7 @@ def _incoming(request: Request, body: bytes) -> Incoming:
         method=scope["method"], path=scope["path"],
         query=scope.get("query_string", b"").decode("latin-1"), headers=headers, body=body,
         peer=client[0] if client else None, http_version=scope.get("http_version", "1.1"),
-    )  # fmt: skip
+    )
 
 
 def create_app(service: Service) -> Starlette:
@@ -81,7 +81,7 @@ def create_app(service: Service) -> Starlette:
             metrics.postbacks.labels(name if name in service.sources else "-", exc.code).inc()
             client = request.scope.get("client")
             log.warning("postback_refused", source=name, status=exc.status, reason=exc.code,
-                        detail=exc.detail, peer=client[0] if client else None)  # fmt: skip
+                        detail=exc.detail, peer=client[0] if client else None)
             return _json(exc.status, {"error": exc.code, "detail": exc.detail}, exc.headers())
         metrics.postbacks.labels(name, "accepted").inc()
         metrics.ack_seconds.observe(time.perf_counter() - started)

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 from relay.errors import ConfigError
+from relay.replay import add_parser as add_replay
 from relay.settings import Settings, load
 
 
@@ -40,7 +41,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             previous = {s: signal.signal(s, self.handle_exit)
-                        for s in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
+                        for s in (signal.SIGINT, signal.SIGTERM)}
             try:
                 yield
             finally:
@@ -60,7 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop="uvloop", http="httptools", lifespan="on", access_log=False,
         log_level="warning", timeout_graceful_shutdown=int(settings.server.shutdown_timeout),
         server_header=False, proxy_headers=False,
-    )  # fmt: skip
+    )
     server = Server(config)
     server.run()
     return 0 if server.started else 1
@@ -73,7 +74,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     settings = load(args.file)
     sources = build(settings)
     print(f"{args.file}: ok ({len(sources)} sources: {', '.join(sources) or 'none'}; "
-          f"kafka: {', '.join(settings.kafka.bootstrap_servers) or 'not configured'})")  # fmt: skip
+          f"kafka: {', '.join(settings.kafka.bootstrap_servers) or 'not configured'})")
     return 0
 
 
@@ -100,7 +101,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser of ``relay``."""
-    p = argparse.ArgumentParser(prog="relay", description=__doc__.splitlines()[0] if __doc__ else "")
+    p = argparse.ArgumentParser(prog="relay", description="relay: messaging webhook relay")
     sub = p.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run relay")
@@ -119,12 +120,7 @@ def parser() -> argparse.ArgumentParser:
     dead.add_argument("--json", action="store_true", help="one JSON object per line")
     dead.set_defaults(func=cmd_dead_letters)
 
-    try:
-        from relay.replay import add_parser as add_replay
-    except ImportError:  # pragma: no cover - replay is optional while it is being built
-        pass
-    else:
-        add_replay(sub)
+    add_replay(sub)
     return p
 
 

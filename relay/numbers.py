@@ -8,6 +8,8 @@ given and flagged by their :data:`~relay.schema.AddressKind`, never mangled.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import phonenumbers
 
 from relay.schema import AddressKind
@@ -26,11 +28,20 @@ def _e164(text: str, region: str | None) -> str | None:
 
 
 def normalise_address(text: str | None, region: str | None = None
-                      ) -> tuple[str | None, AddressKind | None]:  # fmt: skip
-    """``(address, kind)``: E.164 where ``text`` is a phone number, else ``text`` as it is."""
+                      ) -> tuple[str | None, AddressKind | None]:
+    """``(address, kind)``: E.164 where ``text`` is a phone number, else ``text`` as it is.
+
+    Cached: a source sees the same few numbers again and again, and parsing is the
+    costliest step of normalisation (it matters to replay speed).
+    """
     if text is None:
         return None, None
-    value = str(text).strip()
+    return _normalise(str(text), region)
+
+
+@lru_cache(maxsize=65536)
+def _normalise(text: str, region: str | None) -> tuple[str | None, AddressKind | None]:
+    value = text.strip()
     if not value:
         return None, None
     compact = value.replace(" ", "").replace("-", "").replace("(", "").replace(")", "")

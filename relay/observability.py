@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 _REDACTED_KEYS = frozenset({
     "text", "body", "password", "authorization", "secret", "token", "content",
     "message_text", "signature",
-})  # fmt: skip
+})
 
 
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -31,7 +31,7 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     """Set up structlog for the process."""
     renderer: Any = (structlog.processors.JSONRenderer() if fmt == "json"
-                     else structlog.dev.ConsoleRenderer(colors=False))  # fmt: skip
+                     else structlog.dev.ConsoleRenderer(colors=False))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -41,7 +41,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
-            getattr(logging, level.upper(), logging.INFO)),  # fmt: skip
+            getattr(logging, level.upper(), logging.INFO)),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
@@ -59,23 +59,23 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.postbacks = Counter("relay_postbacks", "Postbacks answered, by source and outcome",
-                                 ["source", "outcome"], registry=r)  # fmt: skip
+                                 ["source", "outcome"], registry=r)
         self.ack_seconds = Histogram(
             "relay_ack_seconds", "Time from request to acknowledgement (spooled)",
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5), registry=r)
         self.events = Counter("relay_events_published", "Records acknowledged by Kafka",
-                              ["topic"], registry=r)  # fmt: skip
+                              ["topic"], registry=r)
         self.duplicates = Counter("relay_duplicates", "Events not published again (dedup window)",
-                                  ["source"], registry=r)  # fmt: skip
+                                  ["source"], registry=r)
         self.dead_letters = Counter("relay_dead_letters", "Postbacks dead-lettered",
-                                    ["source"], registry=r)  # fmt: skip
+                                    ["source"], registry=r)
         self.notices = Counter("relay_provider_notices",
                                "Provider notices that are not message statuses (not published)",
-                               ["source", "code"], registry=r)  # fmt: skip
+                               ["source", "code"], registry=r)
         self.publish_errors = Counter("relay_publish_errors", "Failed publish attempts",
-                                      registry=r)  # fmt: skip
+                                      registry=r)
         self.backlog = Gauge("relay_spool_pending", "Raw postbacks not yet published",
-                             registry=r)  # fmt: skip
+                             registry=r)
         self.spool_bytes = Gauge("relay_spool_bytes", "Bytes held in the spool", registry=r)
         self.kafka_up = Gauge("relay_kafka_connected", "1 when the producer is connected",
-                              registry=r)  # fmt: skip
+                              registry=r)

@@ -65,7 +65,7 @@ def match_keyword(message: str | None, keywords: Keywords) -> tuple[ConsentActio
         return None
     word = message.strip().upper()
     for action, words in (("opt_out", keywords.opt_out), ("opt_in", keywords.opt_in),
-                          ("help", keywords.help)):  # fmt: skip
+                          ("help", keywords.help)):
         if word in words:
             return action, word  # type: ignore[return-value]
     return None
@@ -82,7 +82,7 @@ def with_consent(event: Event, ctx: SourceContext) -> list[AnyEvent]:
         provider=event.provider, channel=event.channel, subscriber=event.from_,
         number=event.to, message_id=event.message_id, occurred_at=event.occurred_at,
         received_at=event.received_at, raw_id=event.raw_id,
-    )  # fmt: skip
+    )
     return [dataclasses.replace(event, keyword=action), consent]
 
 
@@ -154,11 +154,11 @@ def raw_from_json(data: Mapping[str, Any]) -> RawPostback:
         method=str(data["method"]), path=str(data["path"]), query=str(data["query"]),
         headers=tuple((str(k), str(v)) for k, v in data["headers"]),
         body=base64.b64decode(data["body_base64"]),
-    )  # fmt: skip
+    )
 
 
 def _headers(ce_id: str, ce_type: bytes, source: str, ce_time: str,
-             extra: Sequence[tuple[str, bytes]]) -> tuple[tuple[str, bytes], ...]:  # fmt: skip
+             extra: Sequence[tuple[str, bytes]]) -> tuple[tuple[str, bytes], ...]:
     return (
         ("ce_specversion", CE_SPECVERSION),
         ("ce_id", ce_id.encode()),
@@ -171,14 +171,14 @@ def _headers(ce_id: str, ce_type: bytes, source: str, ce_time: str,
 
 
 def event_record(event: AnyEvent, topics: Topics,
-                 extra: Sequence[tuple[str, bytes]] = ()) -> Record:  # fmt: skip
+                 extra: Sequence[tuple[str, bytes]] = ()) -> Record:
     """The Kafka record of one event."""
     return Record(
         topic=topics.for_kind(event.type),
         key=event.key.encode(),
         value=event.to_json(),
         headers=_headers(event.id, CE_TYPES[event.type], event.source,
-                         event.occurred_at or event.received_at, extra),  # fmt: skip
+                         event.occurred_at or event.received_at, extra),
     )
 
 
@@ -188,20 +188,20 @@ def raw_record(raw: RawPostback, topics: Topics) -> Record:
         topic=topics.for_kind("raw"), key=raw.source.encode(),
         value=orjson.dumps(raw_to_json(raw)),
         headers=_headers(f"raw-{raw.source}-{raw.id}", CE_TYPES["raw"], raw.source,
-                         rfc3339(raw.received_at), ()),  # fmt: skip
-    )  # fmt: skip
+                         rfc3339(raw.received_at), ()),
+    )
 
 
 def dead_letter_record(derived: Derived, topics: Topics,
-                       extra: Sequence[tuple[str, bytes]] = ()) -> Record:  # fmt: skip
+                       extra: Sequence[tuple[str, bytes]] = ()) -> Record:
     """The dead-letter record of a postback that could not be normalised."""
     raw = derived.raw
     value = {"error": derived.error, "provider": derived.provider, "raw": raw_to_json(raw)}
     return Record(
         topic=topics.for_kind("dead_letter"), key=raw.source.encode(), value=orjson.dumps(value),
         headers=_headers(f"dead-{raw.source}-{raw.id}", CE_TYPES["dead_letter"], raw.source,
-                         rfc3339(raw.received_at), extra),  # fmt: skip
-    )  # fmt: skip
+                         rfc3339(raw.received_at), extra),
+    )
 
 
 @dataclass
@@ -219,17 +219,22 @@ class Batch:
         self.owner.append(index)
 
 
+HeadersFor = Callable[[RawPostback], Sequence[tuple[str, bytes]]]
+
+
 def build_batch(derivations: Iterable[Derived], topics: Topics, *, skip: set[str],
-                archive: bool = True, extra: Sequence[tuple[str, bytes]] = ()) -> Batch:
+                archive: bool = True, headers_for: HeadersFor | None = None) -> Batch:
     """Records for many derivations; event ids in ``skip`` (and repeats) are left out.
 
-    ``archive`` adds the raw-archive record (the live path); replay leaves it out.
+    ``archive`` adds the raw-archive record (the live path); replay leaves it out and
+    passes ``headers_for``, the extra headers of each postback's records.
     """
     batch = Batch()
     taken = set(skip)
     for derived in derivations:
         index = len(batch.outcomes)
         raw = derived.raw
+        extra = headers_for(raw) if headers_for is not None else ()
         if archive:
             batch.add(raw_record(raw, topics), index)
         if derived.error is not None:
@@ -282,7 +287,7 @@ class Pipeline:
     def __init__(self, spool: Spool, normaliser: Normaliser, publisher: Publisher,
                  topics: Topics, metrics: Metrics, *, dedup_window: float,
                  ensure: Callable[[], Any] | None = None, batch_size: int = 256,
-                 clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+                 clock: Callable[[], float] = time.time) -> None:
         self.spool = spool
         self.normaliser = normaliser
         self.publisher = publisher
@@ -367,11 +372,11 @@ class Pipeline:
         if len(done) < len(batch.outcomes):
             first = next(r for r in results if r is not None)
             raise PublishError(f"{len(batch.outcomes) - len(done)} postbacks not acknowledged: "
-                               f"{type(first).__name__}: {first}")  # fmt: skip
+                               f"{type(first).__name__}: {first}")
         return True
 
     def _account(self, derivations: Sequence[Derived], batch: Batch,
-                 results: Sequence[BaseException | None], done: Sequence[Outcome]) -> None:  # fmt: skip
+                 results: Sequence[BaseException | None], done: Sequence[Outcome]) -> None:
         done_ids = {o.raw_id for o in done}
         for rec, result in zip(batch.records, results, strict=True):
             if result is None:
@@ -384,7 +389,7 @@ class Pipeline:
             for notice in d.notices:
                 self.metrics.notices.labels(d.raw.source, notice.code).inc()
                 log.info("provider_notice", source=d.raw.source, raw_id=d.raw.id,
-                         code=notice.code, detail=notice.detail)  # fmt: skip
+                         code=notice.code, detail=notice.detail)
             if d.error is not None:
                 self.metrics.dead_letters.labels(d.raw.source).inc()
                 log.warning("dead_lettered", source=d.raw.source, raw_id=d.raw.id, error=d.error)

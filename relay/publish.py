@@ -11,14 +11,15 @@ Every record carries CloudEvents 1.0 binary-mode headers (``ce_specversion``, ``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError  # type: ignore[import-untyped]
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from relay.errors import ConfigError, PublishError
 from relay.settings import KafkaConfig
@@ -127,7 +128,7 @@ class KafkaPublisher:
         for rec in records:
             try:
                 futures.append(await self._producer.send(
-                    rec.topic, rec.value, key=rec.key, headers=list(rec.headers)))  # fmt: skip
+                    rec.topic, rec.value, key=rec.key, headers=list(rec.headers)))
             except (KafkaError, OSError) as exc:
                 fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
                 fut.set_exception(exc)
@@ -155,15 +156,50 @@ async def ensure_topics(cfg: KafkaConfig, topics: Sequence[str]) -> list[str]:
         missing = [t for t in topics if t not in existing]
         if missing and not cfg.create_topics:
             raise ConfigError("kafka.create_topics", f"topic {missing[0]} does not exist "
-                              "(create it, or set kafka.create_topics = true)")  # fmt: skip
+                              "(create it, or set kafka.create_topics = true)")
         if missing:
             new = [NewTopic(t, cfg.partitions, cfg.replication_factor) for t in missing]
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
         return missing
     except (KafkaError, OSError) as exc:
         raise PublishError(f"cannot reach Kafka to check topics: {exc}") from exc
     finally:
         await admin.close()
+
+
+async def read_topic(cfg: KafkaConfig, topic: str) -> AsyncIterator[bytes]:
+    """Every record value of ``topic`` from the beginning up to its end at call time."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(**client_options(cfg), enable_auto_commit=False,
+                                auto_offset_reset="earliest", group_id=None)
+    try:
+        await consumer.start()
+    except (KafkaError, OSError) as exc:
+        raise PublishError(f"cannot connect to Kafka: {exc}") from exc
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            raise PublishError(f"topic {topic} does not exist")
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=1000)
+            for tp, records in batch.items():
+                for rec in records:
+                    if rec.offset < ends[tp]:
+                        yield rec.value
+                if records and records[-1].offset >= ends[tp] - 1:
+                    remaining.discard(tp)
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()

@@ -167,18 +167,40 @@ class Event:
         return f"{self.to or ''}|{self.from_ or ''}"
 
     def to_dict(self) -> dict[str, Any]:
-        """The event's JSON object, as published."""
-        data = asdict(self)
-        data["from"] = data.pop("from_")
-        data["status_rank"] = self.status_rank
-        data["schema_version"] = SCHEMA_VERSION
-        data["media"] = list(data["media"])
-        data["participants"] = list(data["participants"])
-        data["flags"] = list(data["flags"])
-        if self.type == "delivery_receipt":
-            data.pop("text")
-            data.pop("media")
-            data.pop("keyword")
+        """The event's JSON object, as published (see ``schemas/``)."""
+        error, carrier = self.error, self.carrier
+        data: dict[str, Any] = {
+            "id": self.id,
+            "schema_version": SCHEMA_VERSION,
+            "type": self.type,
+            "source": self.source,
+            "provider": self.provider,
+            "channel": self.channel,
+            "message_id": self.message_id,
+            "client_ref": self.client_ref,
+            "status": self.status,
+            "status_rank": self.status_rank,
+            "final": self.final,
+            "provider_status": self.provider_status,
+            "error": None if error is None else {"code": error.code,
+                                                 "description": error.description},
+            "from": self.from_,
+            "to": self.to,
+            "from_kind": self.from_kind,
+            "to_kind": self.to_kind,
+            "segments": self.segments,
+            "carrier": None if carrier is None else {"name": carrier.name, "mcc": carrier.mcc,
+                                                     "mnc": carrier.mnc},
+            "participants": list(self.participants),
+            "flags": list(self.flags),
+            "occurred_at": self.occurred_at,
+            "received_at": self.received_at,
+            "raw_id": self.raw_id,
+        }
+        if self.type == "inbound_message":
+            data["text"] = self.text
+            data["media"] = [{"url": m.url, "content_type": m.content_type} for m in self.media]
+            data["keyword"] = self.keyword
         return data
 
     def to_json(self) -> bytes:

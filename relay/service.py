@@ -46,7 +46,7 @@ class Service:
     """The running relay: receive postbacks, publish them in the background."""
 
     def __init__(self, settings: Settings, *, publisher: Publisher | None = None,
-                 clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+                 clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.clock = clock
         self.metrics = Metrics()
@@ -62,7 +62,7 @@ class Service:
                 self.spool, self.normaliser, publisher, self.topics, self.metrics,
                 dedup_window=settings.spool.dedup_window_hours * 3600,
                 ensure=self._ensure_topics if settings.kafka.configured else None, clock=clock,
-            )  # fmt: skip
+            )
         self._tasks: list[asyncio.Task[Any]] = []
 
     async def _ensure_topics(self) -> None:
@@ -86,7 +86,7 @@ class Service:
         if not self.settings.kafka.configured:
             log.warning("kafka_not_configured",
                         detail="no [kafka] bootstrap_servers: postbacks are acknowledged and "
-                        "wait in the spool until Kafka is configured")  # fmt: skip
+                        "wait in the spool until Kafka is configured")
         elif self.pipeline is not None:
             try:
                 await asyncio.wait_for(self._ensure_topics(), 15)
@@ -95,12 +95,12 @@ class Service:
                 raise
             except (PublishError, TimeoutError) as exc:
                 log.warning("kafka_unreachable_at_start", problem=str(exc) or "timeout",
-                            detail="postbacks are acknowledged and wait in the spool")  # fmt: skip
+                            detail="postbacks are acknowledged and wait in the spool")
         if self.pipeline is not None:
             self._tasks.append(asyncio.create_task(self.pipeline.run(), name="relay-pipeline"))
         self._tasks.append(asyncio.create_task(self._prune_loop(), name="relay-pruner"))
         log.info("relay_started", sources=sorted(self.sources), spool=str(self.spool.path),
-                 kafka=list(self.settings.kafka.bootstrap_servers))  # fmt: skip
+                 kafka=list(self.settings.kafka.bootstrap_servers))
 
     async def stop(self) -> None:
         """Stop the background tasks, flush the producer, close the spool."""
@@ -145,17 +145,17 @@ class Service:
         Raises a :class:`~relay.errors.HookError` for every refusal.
         """
         address = client_address(req.peer, req.headers.get("x-forwarded-for"),
-                                 self.settings.server.trusted_proxies)  # fmt: skip
+                                 self.settings.server.trusted_proxies)
         source.allowlist.check(address)
         now = self.clock()
         source.verifier.verify(
             Request(req.method, req.path, req.query, req.headers, req.body, req.token,
-                    req.http_version), now)  # fmt: skip
+                    req.http_version), now)
         path = req.path if req.token is None else f"/hooks/{source.name}/{{token}}"
         kept = tuple((k, v) for k, v in req.headers.items() if k in source.kept_headers)
         raw = RawPostback(source=source.name, received_at=now, remote_addr=address,
                           method=req.method, path=path, query=req.query, headers=kept,
-                          body=req.body)  # fmt: skip
+                          body=req.body)
         return await self.spool.append(raw)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
@@ -167,7 +167,7 @@ class Service:
         body: dict[str, Any] = {
             "spool": "ok" if spool_ok else (self.spool.broken or "over its size cap"),
             "pending": stats.pending, "dead_letters": stats.dead, "spool_bytes": stats.bytes,
-        }  # fmt: skip
+        }
         if not self.settings.kafka.configured:
             body["kafka"] = "not configured: postbacks wait in the spool"
         elif self.pipeline is None or not self.pipeline.connected:

@@ -27,7 +27,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_OPT_OUT = (
     "STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE",
     "ARRET", "ARRÊT", "ALTO", "PARAR", "BAJA", "CANCELAR", "HALT", "STOPP", "ABMELDEN",
-)  # fmt: skip
+)
 DEFAULT_OPT_IN = ("START", "UNSTOP", "YES", "SUBSCRIBE")
 DEFAULT_HELP = ("HELP", "INFO", "AIDE", "AYUDA")
 
@@ -261,7 +261,7 @@ def _words(values: object, key: str, default: tuple[str, ...]) -> frozenset[str]
 def _server(data: Mapping[str, Any]) -> ServerConfig:
     w = "server"
     _unknown_keys(data, {"host", "port", "trusted_proxies", "max_body_bytes",
-                         "shutdown_timeout"}, w)  # fmt: skip
+                         "shutdown_timeout"}, w)
     d = ServerConfig()
     port = _get(data, "port", int, w)
     if port is not None and not 0 <= port <= 65535:
@@ -271,16 +271,16 @@ def _server(data: Mapping[str, Any]) -> ServerConfig:
         port=d.port if port is None else port,
         trusted_proxies=_networks(data.get("trusted_proxies"), "server.trusted_proxies"),
         max_body_bytes=_positive(_get(data, "max_body_bytes", int, w), "server.max_body_bytes",
-                                 d.max_body_bytes),  # fmt: skip
+                                 d.max_body_bytes),
         shutdown_timeout=_positive(_get(data, "shutdown_timeout", (int, float), w),
-                                   "server.shutdown_timeout", d.shutdown_timeout),  # fmt: skip
+                                   "server.shutdown_timeout", d.shutdown_timeout),
     )
 
 
 def _spool(data: Mapping[str, Any], base: Path) -> SpoolConfig:
     w = "spool"
     _unknown_keys(data, {"dir", "max_bytes", "retention_hours", "dedup_window_hours",
-                         "prune_interval_seconds"}, w)  # fmt: skip
+                         "prune_interval_seconds"}, w)
     d = SpoolConfig()
     directory = _get(data, "dir", str, w)
     path = Path(directory) if directory else d.dir
@@ -288,12 +288,12 @@ def _spool(data: Mapping[str, Any], base: Path) -> SpoolConfig:
         dir=path if path.is_absolute() else base / path,
         max_bytes=_positive(_get(data, "max_bytes", int, w), "spool.max_bytes", d.max_bytes),
         retention_hours=_positive(_get(data, "retention_hours", (int, float), w),
-                                  "spool.retention_hours", d.retention_hours),  # fmt: skip
+                                  "spool.retention_hours", d.retention_hours),
         dedup_window_hours=_positive(_get(data, "dedup_window_hours", (int, float), w),
-                                     "spool.dedup_window_hours", d.dedup_window_hours),  # fmt: skip
+                                     "spool.dedup_window_hours", d.dedup_window_hours),
         prune_interval_seconds=_positive(_get(data, "prune_interval_seconds", (int, float), w),
                                          "spool.prune_interval_seconds",
-                                         d.prune_interval_seconds),  # fmt: skip
+                                         d.prune_interval_seconds),
     )
 
 
@@ -308,7 +308,7 @@ def _kafka(data: Mapping[str, Any], environ: Mapping[str, str]) -> KafkaConfig:
                          "partitions", "replication_factor", "compression", "linger_ms",
                          "request_timeout_ms", "security_protocol", "sasl_mechanism",
                          "sasl_username", "sasl_password", "ssl_cafile", "ssl_certfile",
-                         "ssl_keyfile"}, w)  # fmt: skip
+                         "ssl_keyfile"}, w)
     d = KafkaConfig()
     servers = data.get("bootstrap_servers", [])
     if isinstance(servers, str):
@@ -330,7 +330,7 @@ def _kafka(data: Mapping[str, Any], environ: Mapping[str, str]) -> KafkaConfig:
     password = data.get("sasl_password")
     if protocol.startswith("SASL") and (mechanism is None or password is None):
         raise ConfigError("kafka.sasl_mechanism", f"{protocol} needs sasl_mechanism, "
-                          "sasl_username and sasl_password")  # fmt: skip
+                          "sasl_username and sasl_password")
     prefix = _get(data, "topic_prefix", str, w)
     override = environ.get("RELAY_KAFKA_BOOTSTRAP_SERVERS")
     if override:
@@ -341,18 +341,18 @@ def _kafka(data: Mapping[str, Any], environ: Mapping[str, str]) -> KafkaConfig:
         client_id=_get(data, "client_id", str, w) or d.client_id,
         create_topics=bool(_get(data, "create_topics", bool, w)),
         partitions=_positive(_get(data, "partitions", int, w), "kafka.partitions",
-                             d.partitions),  # fmt: skip
+                             d.partitions),
         replication_factor=_positive(_get(data, "replication_factor", int, w),
-                                     "kafka.replication_factor", d.replication_factor),  # fmt: skip
+                                     "kafka.replication_factor", d.replication_factor),
         compression=compression,
         linger_ms=max(0, _get(data, "linger_ms", int, w) or d.linger_ms),
         request_timeout_ms=_positive(_get(data, "request_timeout_ms", int, w),
-                                     "kafka.request_timeout_ms", d.request_timeout_ms),  # fmt: skip
+                                     "kafka.request_timeout_ms", d.request_timeout_ms),
         security_protocol=protocol,
         sasl_mechanism=mechanism.upper() if mechanism else None,
         sasl_username=_get(data, "sasl_username", str, w),
         sasl_password=(resolve_secret(password, "kafka.sasl_password", environ)
-                       if password is not None else None),  # fmt: skip
+                       if password is not None else None),
         ssl_cafile=_get(data, "ssl_cafile", str, w),
         ssl_certfile=_get(data, "ssl_certfile", str, w),
         ssl_keyfile=_get(data, "ssl_keyfile", str, w),
@@ -371,7 +371,7 @@ def _log(data: Mapping[str, Any]) -> LogConfig:
 
 
 _SOURCE_KEYS = {"name", "provider", "allow_ips", "basic_auth", "token", "tokens",
-                "default_region", "max_body_bytes", "keywords"}  # fmt: skip
+                "default_region", "max_body_bytes", "keywords"}
 
 
 def _source(data: object, index: int, environ: Mapping[str, str]) -> SourceConfig:
@@ -417,7 +417,7 @@ def _source(data: object, index: int, environ: Mapping[str, str]) -> SourceConfi
         tokens=tokens,
         default_region=region.upper() if region else None,
         max_body_bytes=_positive(_get(data, "max_body_bytes", int, w), f"{w}.max_body_bytes",
-                                 None),  # fmt: skip
+                                 None),
         keywords=keywords,
         options={k: v for k, v in data.items() if k not in _SOURCE_KEYS},
         index=index,

@@ -40,7 +40,7 @@ def _verifier(cfg: SourceConfig, extra: tuple[Verifier, ...], requires_auth: boo
     verifiers.extend(extra)
     if not verifiers and requires_auth:
         raise ConfigError(f"{cfg.key}", f"source {cfg.name!r} has no authentication: set "
-                          "basic_auth, token, or the provider's signing keys")  # fmt: skip
+                          "basic_auth, token, or the provider's signing keys")
     return AllOf(tuple(verifiers))
 
 
@@ -50,11 +50,11 @@ def build_one(cfg: SourceConfig, default_max_body: int) -> Source:
     if provider is None:
         known = ", ".join(sorted(registry()))
         raise ConfigError(f"{cfg.key}.provider", f"unknown provider {cfg.provider!r} "
-                          f"(known: {known})")  # fmt: skip
+                          f"(known: {known})")
     setup = provider.configure(cfg)
     context = SourceContext(name=cfg.name, provider=provider.name,
                             default_region=cfg.default_region, keywords=cfg.keywords,
-                            options=setup.options)  # fmt: skip
+                            options=setup.options)
     return Source(
         name=cfg.name,
         provider=provider,

@@ -99,7 +99,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """A connection with relay's pragmas (WAL, synchronous=FULL)."""
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
-                               isolation_level=None)  # fmt: skip
+                               isolation_level=None)
     else:
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -113,7 +113,7 @@ def row_to_raw(row: Sequence[Any]) -> RawPostback:
     headers = tuple((str(k), str(v)) for k, v in orjson.loads(row[7]))
     return RawPostback(id=row[0], source=row[1], received_at=row[2], remote_addr=row[3],
                        method=row[4], path=row[5], query=row[6], headers=headers,
-                       body=bytes(row[8]))  # fmt: skip
+                       body=bytes(row[8]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +154,7 @@ class _Op:
                  future: asyncio.Future[Any] | None = None,
                  loop: asyncio.AbstractEventLoop | None = None,
                  notify: Callable[[Any, BaseException | None], None] | None = None,
-                 ) -> None:  # fmt: skip
+                 ) -> None:
         self.fn = fn
         self.future = future
         self.loop = loop
@@ -168,7 +168,7 @@ class Spool:
     """The spool database; open with :meth:`open`, close with :meth:`close`."""
 
     def __init__(self, directory: Path, max_bytes: int, *, max_group: int = 1024,
-                 on_commit: Callable[[], None] | None = None) -> None:  # fmt: skip
+                 on_commit: Callable[[], None] | None = None) -> None:
         self.path = Path(directory) / "spool.db"
         self.max_bytes = max_bytes
         self.max_group = max_group
@@ -309,7 +309,7 @@ class Spool:
         headers = orjson.dumps(raw.headers)
         size = len(raw.body) + len(headers)
         row = (raw.source, raw.received_at, raw.remote_addr, raw.method, raw.path, raw.query,
-               headers, raw.body, size)  # fmt: skip
+               headers, raw.body, size)
 
         def insert(conn: sqlite3.Connection) -> int:
             if self._bytes + size > self.max_bytes:
@@ -325,7 +325,7 @@ class Spool:
         headers = orjson.dumps(raw.headers)
         size = len(raw.body) + len(headers)
         row = (raw.source, raw.received_at, raw.remote_addr, raw.method, raw.path, raw.query,
-               headers, raw.body, size)  # fmt: skip
+               headers, raw.body, size)
 
         def insert(conn: sqlite3.Connection) -> int:
             cur = conn.execute(_INSERT, row)
@@ -387,7 +387,7 @@ class Spool:
             marks = ",".join("?" * len(chunk))
             found.update(r[0] for r in conn.execute(
                 f"SELECT event_id FROM seen WHERE seen_at >= ? AND event_id IN ({marks})",  # noqa: S608
-                (since, *chunk)))  # fmt: skip
+                (since, *chunk)))
         return found
 
     def stats(self) -> SpoolStats:
@@ -399,9 +399,10 @@ class Spool:
 
     def select(self, *, since: float | None = None, until: float | None = None,
                sources: Sequence[str] = (), raw_ids: Sequence[int] = (),
-               dead_only: bool = False, batch: int = 2000) -> Iterator[RawPostback]:  # fmt: skip
+               dead_only: bool = False, batch: int = 2000) -> Iterator[RawPostback]:
         """Stored rows matching the filters, in arrival order, read in batches."""
-        where, args = ["id > ?"], []
+        where: list[str] = ["id > ?"]
+        args: list[object] = []
         if since is not None:
             where.append("received_at >= ?")
             args.append(since)
@@ -459,7 +460,7 @@ def _complete(conn: sqlite3.Connection, outcomes: Sequence[Outcome], stamp: floa
 
 
 def _resolve(items: list[tuple[_Op, Any, BaseException | None]],
-             on_commit: Callable[[], None] | None) -> None:  # fmt: skip
+             on_commit: Callable[[], None] | None) -> None:
     for op, value, error in items:
         future = op.future
         if future is None or future.done():

@@ -186,7 +186,7 @@ class StandardWebhooksVerifier:
 
     @classmethod
     def from_secrets(cls, secrets: Sequence[Secret], tolerance: float = 300.0
-                     ) -> StandardWebhooksVerifier:  # fmt: skip
+                     ) -> StandardWebhooksVerifier:
         """Build from ``whsec_...`` secrets (raises ValueError naming a bad reference)."""
         return cls(tuple(_whsec_key(s) for s in secrets), tolerance)
 

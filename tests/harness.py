@@ -41,7 +41,7 @@ def unique_prefix() -> str:
 def make_settings(tmp: Path, *, kafka: str | None, sources: Sequence[Mapping[str, Any]],
                   prefix: str | None = None, environ: Mapping[str, str] | None = None,
                   server: Mapping[str, Any] | None = None, spool: Mapping[str, Any] | None = None,
-                  kafka_options: Mapping[str, Any] | None = None) -> Settings:  # fmt: skip
+                  kafka_options: Mapping[str, Any] | None = None) -> Settings:
     """Settings for a test: spool under ``tmp``, topics under a fresh prefix, auto-created."""
     data: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0, **(server or {})},
@@ -53,7 +53,7 @@ def make_settings(tmp: Path, *, kafka: str | None, sources: Sequence[Mapping[str
             "bootstrap_servers": [kafka], "topic_prefix": prefix or unique_prefix(),
             "create_topics": True, "partitions": 2, "replication_factor": 1,
             "request_timeout_ms": 5000, "linger_ms": 2, **(kafka_options or {}),
-        }  # fmt: skip
+        }
     return parse(data, environ=environ or {}, base=tmp)
 
 
@@ -65,12 +65,12 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def relay_server(settings: Settings, service: Service | None = None
-                       ) -> AsyncIterator[str]:  # fmt: skip
+                       ) -> AsyncIterator[str]:
     """relay's app served by uvicorn on a free port in this event loop; yields the base URL."""
     service = service or Service(settings)
     port = free_port()
     config = uvicorn.Config(create_app(service), host="127.0.0.1", port=port, lifespan="on",
-                            access_log=False, log_level="warning")  # fmt: skip
+                            access_log=False, log_level="warning")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     deadline = time.monotonic() + 30
@@ -89,14 +89,14 @@ async def relay_server(settings: Settings, service: Service | None = None
 
 
 async def consume(bootstrap: str, topic: str, count: int, timeout: float = 30.0,
-                  settle: float = 0.0) -> list[Any]:  # fmt: skip
+                  settle: float = 0.0) -> list[Any]:
     """Read ``topic`` from the beginning until ``count`` records arrived (or ``timeout``).
 
     ``settle`` keeps reading that long after ``count`` was reached, to catch extra records
     (duplicates) that must not be there.
     """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest", group_id=None)  # fmt: skip
+                                auto_offset_reset="earliest", group_id=None)
     await consumer.start()
     try:
         partitions = await _partitions(consumer, topic, timeout)
@@ -119,13 +119,13 @@ async def consume(bootstrap: str, topic: str, count: int, timeout: float = 30.0,
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str, timeout: float
-                      ) -> list[TopicPartition]:  # fmt: skip
+                      ) -> list[TopicPartition]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         parts = consumer.partitions_for_topic(topic)
         if parts:
             return [TopicPartition(topic, p) for p in sorted(parts)]
-        await consumer._client.force_metadata_update()  # noqa: SLF001
+        await consumer._client.force_metadata_update()
         await asyncio.sleep(0.2)
     raise TimeoutError(f"topic {topic} did not appear")
 
@@ -155,7 +155,7 @@ class RelayProcess:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "relay.cli", "serve", "--config", str(self.config),
-                 "--port", str(self.port)], stdout=out, stderr=out, env=self.env)  # fmt: skip
+                 "--port", str(self.port)], stdout=out, stderr=out, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -198,10 +198,10 @@ def _validators() -> dict[str, Any]:
 
     docs = {n: json.loads((REPO / "schemas" / f).read_text()) for n, f in _SCHEMA_FILES.items()}
     registry: Registry[Any] = Registry().with_resources(
-        (f, Resource.from_contents(docs[n])) for n, f in _SCHEMA_FILES.items())  # fmt: skip
+        (f, Resource.from_contents(docs[n])) for n, f in _SCHEMA_FILES.items())
     return {n: Draft202012Validator(d, registry=registry,
                                     format_checker=Draft202012Validator.FORMAT_CHECKER)
-            for n, d in docs.items()}  # fmt: skip
+            for n, d in docs.items()}
 
 
 _VALIDATORS: dict[str, Any] = {}

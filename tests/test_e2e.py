@@ -31,7 +31,7 @@ pytestmark = pytest.mark.kafka
 PASSWORD = "s3cret-for-tests"
 ENV = {"BW_PASS": PASSWORD}
 BW_SOURCE = {"name": "bw", "provider": "bandwidth", "default_region": "US",
-             "basic_auth": {"username": "relay", "password": "env:BW_PASS"}}  # fmt: skip
+             "basic_auth": {"username": "relay", "password": "env:BW_PASS"}}
 AUTH = basic("relay", PASSWORD)
 
 
@@ -43,7 +43,7 @@ def dlr(n: int, kind: str = "message-delivered", **extra: Any) -> dict[str, Any]
         "message": {"id": f"msg-{n}", "owner": "+15552221111", "time": "2025-03-01T10:00:04Z",
                     "segmentCount": 1, "direction": "out", "to": ["+15554443333"],
                     "from": "+15552221111", "text": "", "tag": f"order-{n}"},
-    }  # fmt: skip
+    }
 
 
 def inbound(n: int, text: str) -> dict[str, Any]:
@@ -54,11 +54,11 @@ def inbound(n: int, text: str) -> dict[str, Any]:
         "message": {"id": f"mo-{n}", "owner": "+15552221111", "time": "2025-03-01T10:01:00Z",
                     "segmentCount": 1, "direction": "in", "to": ["+15552221111"],
                     "from": "+15554443333", "text": text},
-    }  # fmt: skip
+    }
 
 
 async def test_postback_events_land_on_their_topics_with_keys_and_headers(
-        kafka_bootstrap: str, tmp_path: Path) -> None:  # fmt: skip
+        kafka_bootstrap: str, tmp_path: Path) -> None:
     """An acknowledged Bandwidth postback's events appear on the right topics, keyed and with CloudEvents headers."""
     settings = make_settings(tmp_path, kafka=kafka_bootstrap, sources=[BW_SOURCE], environ=ENV)
     prefix = settings.kafka.topic_prefix
@@ -98,11 +98,11 @@ async def test_postback_events_land_on_their_topics_with_keys_and_headers(
 
 
 async def test_rejections_get_their_status_and_nothing_is_spooled(
-        kafka_bootstrap: str, tmp_path: Path) -> None:  # fmt: skip
+        kafka_bootstrap: str, tmp_path: Path) -> None:
     """Bad credentials, a disallowed IP, an oversized body and an unknown source are refused and never stored."""
     allowed = {**BW_SOURCE, "name": "bw-allow", "allow_ips": ["203.0.113.0/24"]}
     settings = make_settings(tmp_path, kafka=kafka_bootstrap, sources=[BW_SOURCE, allowed],
-                             environ=ENV, server={"max_body_bytes": 1024})  # fmt: skip
+                             environ=ENV, server={"max_body_bytes": 1024})
     service = Service(settings)
     body = json.dumps([dlr(1)])
     async with relay_server(settings, service) as url, httpx.AsyncClient(base_url=url) as client:
@@ -123,7 +123,7 @@ async def test_rejections_get_their_status_and_nothing_is_spooled(
 
 
 async def test_kafka_down_then_up_delivers_every_event_exactly_once(
-        kafka_broker_factory: Any, tmp_path: Path) -> None:  # fmt: skip
+        kafka_broker_factory: Any, tmp_path: Path) -> None:
     """With Kafka stopped, postbacks are still acknowledged; once it is back each event arrives exactly once."""
     broker = kafka_broker_factory()
     settings = make_settings(tmp_path, kafka=broker.bootstrap, sources=[BW_SOURCE], environ=ENV)
@@ -132,7 +132,7 @@ async def test_kafka_down_then_up_delivers_every_event_exactly_once(
     async with relay_server(settings) as url, httpx.AsyncClient(base_url=url) as client:
         for n in range(10):  # while Kafka is up
             assert (await client.post("/hooks/bw", content=json.dumps([dlr(n)]),
-                                      headers=AUTH)).status_code == 200  # fmt: skip
+                                      headers=AUTH)).status_code == 200
         await consume(broker.bootstrap, f"{prefix}delivery-receipts.v1", 10, timeout=30)
         await asyncio.to_thread(broker.stop)
         for n in range(10, total):  # Kafka down: the acks go on
@@ -143,7 +143,7 @@ async def test_kafka_down_then_up_delivers_every_event_exactly_once(
         assert ready["pending"] > 0
         await asyncio.to_thread(broker.restart)
         records = await consume(broker.bootstrap, f"{prefix}delivery-receipts.v1", total,
-                                timeout=90, settle=3.0)  # fmt: skip
+                                timeout=90, settle=3.0)
     keys = sorted(r.key for r in records)
     assert keys == sorted(f"msg-{n}".encode() for n in range(total))
 
@@ -172,7 +172,7 @@ basic_auth = {{ username = "relay", password = "env:BW_PASS" }}
 
 
 async def test_killed_relay_loses_nothing_it_acknowledged(
-        kafka_bootstrap: str, tmp_path: Path) -> None:  # fmt: skip
+        kafka_bootstrap: str, tmp_path: Path) -> None:
     """relay killed with SIGKILL mid-stream and restarted: every acknowledged postback's events reach Kafka."""
     prefix = unique_prefix()
     proc = RelayProcess(_write_config(tmp_path, kafka_bootstrap, prefix), free_port(), ENV)
@@ -197,7 +197,7 @@ async def test_killed_relay_loses_nothing_it_acknowledged(
     proc.start()
     try:
         records = await consume(kafka_bootstrap, f"{prefix}delivery-receipts.v1", len(acked),
-                                timeout=60)  # fmt: skip
+                                timeout=60)
     finally:
         proc.terminate()
     published = {r.key for r in records}
@@ -208,12 +208,12 @@ async def test_sigterm_exits_cleanly_and_keeps_unpublished_postbacks(tmp_path: P
     """SIGTERM ends relay with exit 0 and postbacks not yet published stay pending in the spool."""
     dead_port = free_port()  # nothing listens there: Kafka unreachable
     proc = RelayProcess(_write_config(tmp_path, f"127.0.0.1:{dead_port}", unique_prefix()),
-                        free_port(), ENV)  # fmt: skip
+                        free_port(), ENV)
     proc.start()
     async with httpx.AsyncClient(base_url=proc.url) as client:
         for n in range(5):
             assert (await client.post("/hooks/bw", content=json.dumps([dlr(n)]),
-                                      headers=AUTH)).status_code == 200  # fmt: skip
+                                      headers=AUTH)).status_code == 200
         ready = (await client.get("/readyz")).json()
     assert ready["kafka"].startswith("unreachable")
     assert proc.proc is not None
@@ -228,7 +228,7 @@ async def test_sigterm_exits_cleanly_and_keeps_unpublished_postbacks(tmp_path: P
 async def test_missing_topic_stops_start_up_naming_it(kafka_bootstrap: str, tmp_path: Path) -> None:
     """With create_topics off and a topic missing, start-up fails with an error naming the topic."""
     settings = make_settings(tmp_path, kafka=kafka_bootstrap, sources=[BW_SOURCE], environ=ENV,
-                             kafka_options={"create_topics": False})  # fmt: skip
+                             kafka_options={"create_topics": False})
     service = Service(settings)
     with pytest.raises(ConfigError, match=rf"topic {settings.kafka.topic_prefix}\S+ does not exist"):
         await service.start()

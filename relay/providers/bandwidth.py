@@ -48,6 +48,10 @@ def error_status(code: int | None) -> Status:
     return "failed"
 
 
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def _channel(message: Mapping[str, Any]) -> Channel:
     named = _CHANNELS.get((text(message.get("channel")) or "").lower())
     if named:
@@ -77,7 +81,7 @@ def _event(item: object, raw: RawPostback, ctx: SourceContext) -> Event:
         raise NormalisationError(f"unknown Bandwidth callback type {kind!r}")
     msg_id = text(message.get("id"))
     region = ctx.default_region
-    recipients = message.get("to") if isinstance(message.get("to"), list) else []
+    recipients = _list(message.get("to"))
     participants = tuple(a for a in (address(r, region)[0] for r in recipients) if a)
     top_to = text(item.get("to")) or text(message.get("owner"))
     to, to_kind = address(top_to, region)
@@ -102,7 +106,7 @@ def _event(item: object, raw: RawPostback, ctx: SourceContext) -> Event:
         "participants": participants if len(participants) > 1 else (),
     }
     if kind in INBOUND_TYPES:
-        media = message.get("media") if isinstance(message.get("media"), list) else []
+        media = _list(message.get("media"))
         body = text(message.get("text"))
         if kind == "suggestion-response":
             response = message.get("suggestionResponse")
@@ -111,20 +115,20 @@ def _event(item: object, raw: RawPostback, ctx: SourceContext) -> Event:
             id=event_id(NAME, "inbound", msg_id), type="inbound_message", status=None,
             final=False, text=body, media=tuple(Media(url=u) for u in media if isinstance(u, str)),
             **common,
-        )  # fmt: skip
+        )
     status, final, flags = _receipt_status(item, kind)
     code = integer(item.get("errorCode"))
     error = None
     if kind == "message-failed" or code is not None:
         error = ErrorInfo(code=str(code) if code is not None else "",
-                          description=text(item.get("description")))  # fmt: skip
+                          description=text(item.get("description")))
     if kind == "message-failed" and code is not None:
         common["provider_status"] = f"{kind}:{code}"
     return Event(
         id=event_id(NAME, kind, msg_id, top_to, text(item.get("time")), code),
         type="delivery_receipt", status=status, final=final, error=error, flags=flags,
         **common,
-    )  # fmt: skip
+    )
 
 
 def normalise(raw: RawPostback, ctx: SourceContext) -> list[Output]:

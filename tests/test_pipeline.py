@@ -1,0 +1,233 @@
+"""The pipeline: derive events, build records, publish in order, mark done only when acknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+import pytest
+from harness import validate
+
+from relay.observability import Metrics
+from relay.pipeline import (
+    Normaliser,
+    Pipeline,
+    build_batch,
+    match_keyword,
+    raw_from_json,
+    raw_to_json,
+)
+from relay.publish import Record, Topics
+from relay.schema import RawPostback
+from relay.settings import Keywords, parse
+from relay.sources import build
+from relay.spool import DEAD, PENDING, PUBLISHED, Spool
+
+
+class MemoryPublisher:
+    """An in-memory stand-in for Kafka (the pipeline's logic is under test, not Kafka)."""
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+        self.fail_topics: set[str] = set()
+        self.started = 0
+
+    async def start(self) -> None:
+        self.started += 1
+
+    async def send_all(self, records: Sequence[Record]) -> list[BaseException | None]:
+        out: list[BaseException | None] = []
+        for rec in records:
+            if rec.topic in self.fail_topics:
+                out.append(TimeoutError("broker away"))
+            else:
+                self.records.append(rec)
+                out.append(None)
+        return out
+
+    async def stop(self) -> None:
+        pass
+
+
+SETTINGS = parse({"sources": [
+    {"name": "bw", "provider": "bandwidth", "token": "env:T"},
+    {"name": "bw2", "provider": "bandwidth", "token": "env:T",
+     "keywords": {"opt_out": ["ALTO"], "opt_in": ["GO"], "help": ["SOS"]}},
+]}, environ={"T": "tok"})
+SOURCES = build(SETTINGS)
+TOPICS = Topics("messaging.")
+
+
+def item(n: int, kind: str = "message-delivered", text: str = "") -> dict[str, object]:
+    """A Bandwidth callback item."""
+    direction = "in" if kind == "message-received" else "out"
+    return {"type": kind, "time": "2025-03-01T10:00:00Z", "to": "+15554443333",
+            "message": {"id": f"m{n}", "from": "+15552221111", "to": ["+15554443333"],
+                        "direction": direction, "text": text}}
+
+
+def raw(body: object, source: str = "bw", raw_id: int = 1) -> RawPostback:
+    """A raw postback with a JSON body."""
+    return RawPostback(source, 1_740_823_300.0, "203.0.113.1", "POST", f"/hooks/{source}", "",
+                       (("content-type", "application/json"),), json.dumps(body).encode(), raw_id)
+
+
+def test_keywords_match_whole_trimmed_text_in_any_case() -> None:
+    """Keywords match the whole trimmed message, case-insensitively, and nothing else."""
+    kw = Keywords()
+    assert match_keyword("  stop ", kw) == ("opt_out", "STOP")
+    assert match_keyword("Arret", kw) == ("opt_out", "ARRET")
+    assert match_keyword("unstop", kw) == ("opt_in", "UNSTOP")
+    assert match_keyword("HELP", kw) == ("help", "HELP")
+    assert match_keyword("please stop", kw) is None
+    assert match_keyword("", kw) is None
+
+
+def test_inbound_keyword_yields_consent_event() -> None:
+    """An inbound STOP carries its keyword and adds an opt_out consent event keyed by the subscriber."""
+    derived = Normaliser(SOURCES).derive(raw([item(1, "message-received", "Stop")]))
+    message, consent = derived.events
+    assert message.type == "inbound_message" and message.keyword == "opt_out"
+    assert consent.type == "consent"
+    assert (consent.action, consent.keyword, consent.subscriber, consent.number) == (
+        "opt_out", "STOP", "+15552221111", "+15554443333")
+    assert consent.key == "+15552221111"
+    validate("consent", orjson.loads(consent.to_json()))
+
+
+def test_keywords_are_configurable_per_source() -> None:
+    """A source's own keyword lists replace the defaults."""
+    normaliser = Normaliser(SOURCES)
+    assert len(normaliser.derive(raw([item(1, "message-received", "STOP")], "bw2")).events) == 1
+    events = normaliser.derive(raw([item(1, "message-received", "sos")], "bw2")).events
+    assert [e.type for e in events] == ["inbound_message", "consent"]
+
+
+def test_adapter_failures_become_dead_letters() -> None:
+    """Unparseable bodies and unknown sources are reported as errors, never raised."""
+    normaliser = Normaliser(SOURCES)
+    bad = RawPostback("bw", 0.0, "", "POST", "/", "", (), b"\xff\x00garbage")
+    assert normaliser.derive(bad).error is not None
+    assert "not configured" in (normaliser.derive(raw([item(1)], "gone")).error or "")
+
+
+def test_batch_skips_seen_and_repeated_ids() -> None:
+    """Event ids already seen, or repeated within the batch, are not published again."""
+    normaliser = Normaliser(SOURCES)
+    first = normaliser.derive(raw([item(1), item(2)], raw_id=1))
+    retry = normaliser.derive(raw([item(2)], raw_id=2))
+    seen = {first.events[0].id}
+    batch = build_batch([first, retry], TOPICS, skip=seen)
+    topics = [r.topic for r in batch.records]
+    assert topics.count("messaging.delivery-receipts.v1") == 1
+    assert topics.count("messaging.raw-postbacks.v1") == 2
+    assert batch.duplicates == {"bw": 2}
+    assert [o.event_ids for o in batch.outcomes] == [(first.events[1].id,), ()]
+
+
+def test_raw_json_round_trip() -> None:
+    """The raw-archive form of a postback reads back into the same postback."""
+    original = RawPostback("bw", 1.5, "::1", "POST", "/hooks/bw", "a=1",
+                           (("date", "x"),), b"\x00\xffbytes", 9)
+    document = raw_to_json(original)
+    validate("raw", document)
+    assert raw_from_json(orjson.loads(orjson.dumps(document))) == original
+
+
+async def _pipeline(tmp_path: Path, publisher: MemoryPublisher) -> tuple[Pipeline, Spool]:
+    spool = Spool(tmp_path, 1 << 30).open()
+    pipeline = Pipeline(spool, Normaliser(SOURCES), publisher, TOPICS, Metrics(),
+                        dedup_window=3600)
+    return pipeline, spool
+
+
+async def test_step_publishes_in_order_and_marks_done(tmp_path: Path) -> None:
+    """A step publishes pending rows in arrival order and marks them published."""
+    publisher = MemoryPublisher()
+    pipeline, spool = await _pipeline(tmp_path, publisher)
+    try:
+        for n in range(5):
+            await spool.append(raw([item(n)]))
+        assert await pipeline.step() is True
+        keys = [r.key for r in publisher.records if r.topic.endswith("delivery-receipts.v1")]
+        assert keys == [f"m{n}".encode() for n in range(5)]
+        assert spool.stats().pending == 0
+        assert await pipeline.step() is False
+    finally:
+        spool.close()
+
+
+async def test_unacknowledged_rows_stay_pending(tmp_path: Path) -> None:
+    """When Kafka does not acknowledge a row's records, the row stays pending for a retry."""
+    publisher = MemoryPublisher()
+    publisher.fail_topics.add("messaging.delivery-receipts.v1")
+    pipeline, spool = await _pipeline(tmp_path, publisher)
+    try:
+        raw_id = await spool.append(raw([item(1)]))
+        with pytest.raises(Exception, match="not acknowledged"):
+            await pipeline.step()
+        assert spool.state_of(raw_id) == PENDING
+        publisher.fail_topics.clear()
+        assert await pipeline.step() is True
+        assert spool.state_of(raw_id) == PUBLISHED
+    finally:
+        spool.close()
+
+
+async def test_retried_postback_is_published_once(tmp_path: Path) -> None:
+    """The same postback stored three times publishes its event once; the dedup counter counts two."""
+    publisher = MemoryPublisher()
+    pipeline, spool = await _pipeline(tmp_path, publisher)
+    try:
+        await spool.append(raw([item(7)]))
+        await pipeline.step()
+        await spool.append(raw([item(7)]))
+        await spool.append(raw([item(7)]))
+        await pipeline.step()
+        receipts = [r for r in publisher.records if r.topic.endswith("delivery-receipts.v1")]
+        assert len(receipts) == 1
+        assert pipeline.metrics.duplicates.labels("bw")._value.get() == 2
+    finally:
+        spool.close()
+
+
+async def test_dead_letter_is_published_and_marked(tmp_path: Path) -> None:
+    """An unparseable postback is published to the dead-letter topic with its error and kept as DEAD."""
+    publisher = MemoryPublisher()
+    pipeline, spool = await _pipeline(tmp_path, publisher)
+    try:
+        raw_id = await spool.append(RawPostback("bw", 1.0, "", "POST", "/hooks/bw", "", (),
+                                                b"not json"))
+        await pipeline.step()
+        (dead,) = [r for r in publisher.records if r.topic.endswith("dead-letter.v1")]
+        document = orjson.loads(dead.value)
+        validate("dead_letter", document)
+        assert "not JSON" in document["error"]
+        assert spool.state_of(raw_id) == DEAD
+        assert spool.dead_letters()[0].raw_id == raw_id
+    finally:
+        spool.close()
+
+
+async def test_run_loop_wakes_on_commit(tmp_path: Path) -> None:
+    """The running loop publishes a row soon after it is committed, without polling delay."""
+    publisher = MemoryPublisher()
+    pipeline, spool = await _pipeline(tmp_path, publisher)
+    spool.on_commit = pipeline.wake
+    task = asyncio.create_task(pipeline.run())
+    try:
+        await asyncio.sleep(0.05)
+        await spool.append(raw([item(1)]))
+        for _ in range(40):  # well under the 1 s idle sleep: only a wake-up makes it
+            if spool.stats().pending == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert spool.stats().pending == 0
+        assert publisher.started == 1
+    finally:
+        await pipeline.stop()
+        task.cancel()
+        spool.close()

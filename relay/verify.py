@@ -20,6 +20,7 @@ import hmac
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Protocol
 
@@ -196,6 +197,8 @@ class StandardWebhooksVerifier:
         signatures = request.headers.get("webhook-signature")
         if not msg_id or not stamp or not signatures:
             raise AuthenticationFailed("missing webhook-id, webhook-timestamp or webhook-signature")
+        if not msg_id.isascii():  # ids are ASCII; anything else would not even encode reliably
+            raise AuthenticationFailed("malformed webhook-id")
         if not stamp.isascii() or not stamp.isdigit() or len(stamp) > 12:
             raise AuthenticationFailed("malformed webhook-timestamp")
         if abs(now - int(stamp)) > self.tolerance:
@@ -274,7 +277,10 @@ class MessageMediaVerifier:
         if cipher != "RSA":
             raise AuthenticationFailed("unsupported X-MessageMedia-Cipher-Type")
         try:
-            sent = parsedate_to_datetime(date).timestamp()
+            parsed = parsedate_to_datetime(date)
+            if parsed.tzinfo is None:  # "-0000" or no zone: UTC, not the host's local time
+                parsed = parsed.replace(tzinfo=UTC)
+            sent = parsed.timestamp()
         except (TypeError, ValueError, IndexError, OverflowError):
             raise AuthenticationFailed("malformed Date header") from None
         if abs(now - sent) > self.max_skew:

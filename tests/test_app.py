@@ -89,7 +89,7 @@ def test_allowlist_uses_forwarded_for_from_trusted_proxy(tmp_path: Path, forward
 
 def test_forwarded_for_ignored_from_untrusted_peer(tmp_path: Path) -> None:
     """A client that is not a trusted proxy cannot claim an allowed address."""
-    client, service = make(tmp_path)
+    client, _service = make(tmp_path)
     client = TestClient(client.app, client=("203.0.113.50", 5000))
     with client:
         resp = client.post("/hooks/bw-ip", content=BODY,

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from harness import basic, consume, headers_of, relay_server, unique_prefix
+from harness import consume, headers_of, relay_server, unique_prefix
 
 from relay.replay import Filters, RateLimiter, spool_rows
 from relay.service import Service

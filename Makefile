@@ -3,7 +3,11 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= deploy/relay.example.toml
+# Development secrets for deploy/relay.example.toml; set your own in production.
 export BW_CALLBACK_PASSWORD ?= change-me
+export SKYCORE_TOKEN ?= dev-skycore-token
+export PINGUEEN_TOKEN ?= dev-pingueen-token
+export PINGPLUS_WHSEC ?= whsec_cmVsYXktZGV2LXBpbmdwbHVzLXNlY3JldC0zMmJ5dGU=
 # make run KAFKA=127.0.0.1:9092 publishes to that broker; empty keeps events in the spool.
 KAFKA ?=
 

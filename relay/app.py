@@ -61,6 +61,7 @@ def _incoming(request: Request, body: bytes) -> Incoming:
     return Incoming(
         source=request.path_params["source"], token=request.path_params.get("token"),
         method=scope["method"], path=scope["path"],
+        raw_path=scope.get("raw_path", scope["path"].encode()).decode("latin-1"),
         query=scope.get("query_string", b"").decode("latin-1"), headers=headers, body=body,
         peer=client[0] if client else None, http_version=scope.get("http_version", "1.1"),
     )

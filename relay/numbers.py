@@ -17,14 +17,38 @@ from relay.schema import AddressKind
 _SHORT_CODE_MAX = 8  # the longest short codes in use have 8 digits (none are valid E.164)
 
 
-def _e164(text: str, region: str | None) -> str | None:
+def _parse(text: str, region: str | None) -> phonenumbers.PhoneNumber | None:
     try:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
         return None
-    if not phonenumbers.is_possible_number(number):
-        return None
+    return number if phonenumbers.is_possible_number(number) else None
+
+
+def _format(number: phonenumbers.PhoneNumber) -> str:
     return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+
+
+def _valid(number: phonenumbers.PhoneNumber | None) -> bool:
+    return number is not None and bool(phonenumbers.is_valid_number(number))
+
+
+def _digits(digits: str, region: str | None) -> tuple[str | None, AddressKind | None]:
+    """Digits without '+': national (in ``region``) or international without the '+'."""
+    national = _parse(digits, region) if region else None
+    international = _parse("+" + digits, None)
+    if len(digits) <= _SHORT_CODE_MAX and not _valid(national):
+        return digits, "short_code"
+    code = str(phonenumbers.country_code_for_region(region)) if region else ""
+    carries_code = bool(code) and digits.startswith(code)
+    ranked = [international, national] if carries_code else [national, international]
+    for number in ranked:  # a valid reading first, then a merely possible one
+        if _valid(number):
+            return _format(number), "e164"  # type: ignore[arg-type]
+    for number in ranked:
+        if number is not None:
+            return _format(number), "e164"
+    return digits, "other"
 
 
 def normalise_address(text: str | None, region: str | None = None
@@ -45,21 +69,15 @@ def _normalise(text: str, region: str | None) -> tuple[str | None, AddressKind |
     if not value:
         return None, None
     compact = value.replace(" ", "").replace("-", "").replace("(", "").replace(")", "")
-    if compact.startswith("+"):
-        e164 = _e164(compact, None)
-        return (e164, "e164") if e164 else (value, "other")
+    compact = compact.replace(".", "")
     if compact.startswith("00") and compact[2:].isdigit():
-        e164 = _e164("+" + compact[2:], None)
-        return (e164, "e164") if e164 else (value, "other")
+        compact = "+" + compact[2:]
+    if compact.startswith("+") and compact[1:].isdigit():
+        number = _parse(compact, None)
+        return (_format(number), "e164") if number else (value, "other")
     if compact.isdigit():
-        if len(compact) <= _SHORT_CODE_MAX and not (region and _e164(compact, region)):
-            return value, "short_code"
-        if region:
-            e164 = _e164(compact, region)
-            if e164 and phonenumbers.is_valid_number(phonenumbers.parse(e164)):
-                return e164, "e164"
-        e164 = _e164("+" + compact, None)
-        return (e164, "e164") if e164 else (value, "other")
+        address, kind = _digits(compact, region)
+        return (value, kind) if kind != "e164" else (address, kind)
     if any(c.isalpha() for c in value) and len(value) <= 11 and value.replace(" ", "").isalnum():
         return value, "alphanumeric"
     return value, "other"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
@@ -21,10 +21,25 @@ _REDACTED_KEYS = frozenset({
 })
 
 
+def _scrub(value: Any, depth: int = 0) -> Any:
+    if depth > 8:
+        return "[redacted]"
+    if isinstance(value, Mapping):
+        return {k: "[redacted]" if str(k).lower() in _REDACTED_KEYS else _scrub(v, depth + 1)
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v, depth + 1) for v in value]
+    return value
+
+
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: drop values that may hold secrets or message text."""
-    for key in _REDACTED_KEYS.intersection(event):
-        event[key] = "[redacted]"
+    """structlog processor: drop values that may hold secrets or message text, at any
+    depth and whatever the key's case."""
+    for key in list(event):
+        if key.lower() in _REDACTED_KEYS:
+            event[key] = "[redacted]"
+        elif isinstance(event[key], Mapping | list | tuple):
+            event[key] = _scrub(event[key])
     return event
 
 

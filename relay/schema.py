@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import orjson
@@ -66,15 +66,21 @@ _ID_NAMESPACE = uuid.UUID("6f1c4a52-6c2e-4d8e-9a57-2b1f0d5c7e31")
 
 
 def event_id(provider: str, *key: object) -> str:
-    """The deterministic id of a provider event, from the provider's dedup key parts."""
-    text = "\x1f".join("" if k is None else str(k) for k in key)
-    return str(uuid.uuid5(_ID_NAMESPACE, f"{provider}\x1e{text}"))
+    """The deterministic id of a provider event, from the provider's dedup key parts.
+
+    The parts are stringified (``4720`` and ``"4720"`` are the same key) and encoded as a
+    JSON array with None as null, so distinct keys never collide: ``event_id("p")``,
+    ``event_id("p", None)`` and ``event_id("p", "")`` all differ.
+    """
+    parts = orjson.dumps([provider, *(None if k is None else str(k) for k in key)])
+    return str(uuid.uuid5(_ID_NAMESPACE, parts.decode()))
 
 
 def rfc3339(ts: float) -> str:
     """A UNIX time as RFC 3339 UTC with millisecond precision: ``2025-03-01T10:00:05.120Z``."""
-    dt = datetime.fromtimestamp(ts, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    dt = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=ts)
+    return (f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:"
+            f"{dt.second:02d}.{dt.microsecond // 1000:03d}Z")
 
 
 @dataclass(frozen=True, slots=True)

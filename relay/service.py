@@ -40,6 +40,7 @@ class Incoming:
     body: bytes
     peer: str | None
     http_version: str = "1.1"
+    raw_path: str | None = None  # the request target's path as sent (not percent-decoded)
 
 
 class Service:
@@ -149,8 +150,8 @@ class Service:
         source.allowlist.check(address)
         now = self.clock()
         source.verifier.verify(
-            Request(req.method, req.path, req.query, req.headers, req.body, req.token,
-                    req.http_version), now)
+            Request(req.method, req.raw_path or req.path, req.query, req.headers, req.body,
+                    req.token, req.http_version), now)
         path = req.path if req.token is None else f"/hooks/{source.name}/{{token}}"
         kept = tuple((k, v) for k, v in req.headers.items() if k in source.kept_headers)
         raw = RawPostback(source=source.name, received_at=now, remote_addr=address,

@@ -13,6 +13,7 @@ raw table in ``SourceConfig.options`` and validated by the provider module itsel
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -168,6 +169,9 @@ class SourceConfig:
     keywords: Keywords = field(default_factory=Keywords)
     options: Mapping[str, Any] = field(default_factory=dict)
     index: int = 0
+    #: The environment ``env:`` references in provider options resolve against.
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ, repr=False,
+                                       compare=False)
 
     @property
     def key(self) -> str:
@@ -222,8 +226,16 @@ def _get(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where
 def _positive(value: int | float | None, key: str, default: Any) -> Any:
     if value is None:
         return default
-    if value <= 0:
-        raise ConfigError(key, "must be greater than zero")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(key, "must be a finite number greater than zero")
+    return value
+
+
+def _linger(value: int | None, default: int) -> int:
+    if value is None:
+        return default
+    if value < 0:
+        raise ConfigError("kafka.linger_ms", "must be zero or more")
     return value
 
 
@@ -311,6 +323,9 @@ def _kafka(data: Mapping[str, Any], environ: Mapping[str, str]) -> KafkaConfig:
                          "ssl_keyfile"}, w)
     d = KafkaConfig()
     servers = data.get("bootstrap_servers", [])
+    override = environ.get("RELAY_KAFKA_BOOTSTRAP_SERVERS")
+    if override:
+        servers = override
     if isinstance(servers, str):
         servers = [s.strip() for s in servers.split(",") if s.strip()]
     if not isinstance(servers, list) or not all(isinstance(s, str) for s in servers):
@@ -328,13 +343,11 @@ def _kafka(data: Mapping[str, Any], environ: Mapping[str, str]) -> KafkaConfig:
     if mechanism is not None and mechanism.upper() not in _SASL:
         raise ConfigError("kafka.sasl_mechanism", f"must be one of {sorted(_SASL)}")
     password = data.get("sasl_password")
-    if protocol.startswith("SASL") and (mechanism is None or password is None):
+    username = _get(data, "sasl_username", str, w)
+    if protocol.startswith("SASL") and (mechanism is None or password is None or not username):
         raise ConfigError("kafka.sasl_mechanism", f"{protocol} needs sasl_mechanism, "
                           "sasl_username and sasl_password")
     prefix = _get(data, "topic_prefix", str, w)
-    override = environ.get("RELAY_KAFKA_BOOTSTRAP_SERVERS")
-    if override:
-        servers = [s.strip() for s in override.split(",") if s.strip()]
     return KafkaConfig(
         bootstrap_servers=tuple(servers),
         topic_prefix=d.topic_prefix if prefix is None else prefix,
@@ -345,12 +358,12 @@ def _kafka(data: Mapping[str, Any], environ: Mapping[str, str]) -> KafkaConfig:
         replication_factor=_positive(_get(data, "replication_factor", int, w),
                                      "kafka.replication_factor", d.replication_factor),
         compression=compression,
-        linger_ms=max(0, _get(data, "linger_ms", int, w) or d.linger_ms),
+        linger_ms=_linger(_get(data, "linger_ms", int, w), d.linger_ms),
         request_timeout_ms=_positive(_get(data, "request_timeout_ms", int, w),
                                      "kafka.request_timeout_ms", d.request_timeout_ms),
         security_protocol=protocol,
         sasl_mechanism=mechanism.upper() if mechanism else None,
-        sasl_username=_get(data, "sasl_username", str, w),
+        sasl_username=username,
         sasl_password=(resolve_secret(password, "kafka.sasl_password", environ)
                        if password is not None else None),
         ssl_cafile=_get(data, "ssl_cafile", str, w),
@@ -394,10 +407,10 @@ def _source(data: object, index: int, environ: Mapping[str, str]) -> SourceConfi
         auth = BasicAuth(basic["username"],
                          resolve_secret(basic["password"], f"{w}.basic_auth.password", environ))
     token_refs = data.get("tokens", [])
-    if "token" in data:
-        token_refs = [data["token"], *token_refs]
     if not isinstance(token_refs, list):
         raise ConfigError(f"{w}.tokens", "must be a list of 'env:'/'file:' references")
+    if "token" in data:
+        token_refs = [data["token"], *token_refs]
     tokens = tuple(resolve_secret(t, f"{w}.tokens[{i}]", environ) for i, t in enumerate(token_refs))
     region = _get(data, "default_region", str, w)
     if region is not None and (len(region) != 2 or not region.isalpha()):
@@ -421,6 +434,7 @@ def _source(data: object, index: int, environ: Mapping[str, str]) -> SourceConfi
         keywords=keywords,
         options={k: v for k, v in data.items() if k not in _SOURCE_KEYS},
         index=index,
+        environ=environ,
     )
 
 
@@ -456,6 +470,10 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError("config", f"file {file} does not exist") from None
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {file}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("config", f"{file} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"{file} is not valid TOML: {exc}") from None
     return parse(data, environ=environ, path=file)

@@ -300,12 +300,7 @@ class Spool:
 
     # --- writes ---------------------------------------------------------------------------
 
-    async def append(self, raw: RawPostback) -> int:
-        """Store ``raw`` durably; returns its raw_id once committed (fsynced).
-
-        Raises :class:`SpoolUnavailable` if the spool is over its size cap or the disk
-        refuses the write.
-        """
+    def _insert(self, raw: RawPostback) -> Callable[[sqlite3.Connection], int]:
         headers = orjson.dumps(raw.headers)
         size = len(raw.body) + len(headers)
         row = (raw.source, raw.received_at, raw.remote_addr, raw.method, raw.path, raw.query,
@@ -318,21 +313,19 @@ class Spool:
             self._bytes += size
             return int(cur.lastrowid or 0)
 
-        return await self._submit(insert)
+        return insert
+
+    async def append(self, raw: RawPostback) -> int:
+        """Store ``raw`` durably; returns its raw_id once committed (fsynced).
+
+        Raises :class:`SpoolUnavailable` if the spool is over its size cap or the disk
+        refuses the write.
+        """
+        return await self._submit(self._insert(raw))
 
     def append_sync(self, raw: RawPostback) -> int:
         """:meth:`append` for code without an event loop (tests, tools)."""
-        headers = orjson.dumps(raw.headers)
-        size = len(raw.body) + len(headers)
-        row = (raw.source, raw.received_at, raw.remote_addr, raw.method, raw.path, raw.query,
-               headers, raw.body, size)
-
-        def insert(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(_INSERT, row)
-            self._bytes += size
-            return int(cur.lastrowid or 0)
-
-        return self._submit_sync(insert)
+        return self._submit_sync(self._insert(raw))
 
     async def complete(self, outcomes: Sequence[Outcome], now: float | None = None) -> None:
         """Record that Kafka acknowledged everything derived from these rows."""

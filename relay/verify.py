@@ -74,9 +74,10 @@ def parse_ip(text: str | None) -> IPAddress | None:
 
 
 def _in(address: IPAddress, networks: Sequence[IPNetwork]) -> bool:
+    candidates: list[IPAddress] = [address]
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address.version == net.version and address in net for net in networks)
+        candidates.append(address.ipv4_mapped)  # ::ffff:a.b.c.d matches a.b.c.d/nn too
+    return any(a.version == net.version and a in net for a in candidates for net in networks)
 
 
 def client_address(peer: str | None, forwarded_for: str | None,
@@ -91,10 +92,11 @@ def client_address(peer: str | None, forwarded_for: str | None,
         return peer or ""
     if not forwarded_for or not _in(address, trusted_proxies):
         return str(address)
+    peer_address = address
     for hop in reversed(forwarded_for.split(",")):
         hop_ip = parse_ip(hop)
         if hop_ip is None:
-            return str(address)  # a malformed chain: trust only what we saw ourselves
+            return str(peer_address)  # a malformed chain: trust only what we saw ourselves
         address = hop_ip
         if not _in(hop_ip, trusted_proxies):
             break

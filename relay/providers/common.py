@@ -48,7 +48,7 @@ def integer(value: object) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         return int(value.strip())
     return None
 
@@ -62,7 +62,8 @@ def timestamp(value: object) -> str | None:
     if value is None or isinstance(value, bool):
         return None
     try:
-        if isinstance(value, int | float) or (isinstance(value, str) and value.isdigit()):
+        if isinstance(value, int | float) or (isinstance(value, str) and value.isascii()
+                                                 and value.isdigit()):
             seconds = float(value)
             if seconds > 1e11:
                 seconds /= 1000.0

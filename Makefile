@@ -11,7 +11,7 @@ export PINGPLUS_WHSEC ?= whsec_cmVsYXktZGV2LXBpbmdwbHVzLXNlY3JldC0zMmJ5dGU=
 # make run KAFKA=127.0.0.1:9092 publishes to that broker; empty keeps events in the spool.
 KAFKA ?=
 
-.PHONY: help venv install run test test-unit lint fmt bench kafka-jars clean
+.PHONY: help venv install run test test-unit lint fmt bench docs kafka-jars clean
 
 help:
 	@echo "make run     start relay on localhost with $(CONFIG) (creates the virtualenv)"
@@ -51,6 +51,9 @@ fmt: $(VENV)/.installed
 
 bench: $(VENV)/.installed kafka-jars
 	$(BIN)/python bench/ack_bench.py
+
+docs: $(VENV)/.installed
+	$(BIN)/relay status-table > docs/status-mapping.md
 
 clean:
 	rm -rf $(VENV) .cache var .pytest_cache .mypy_cache .ruff_cache

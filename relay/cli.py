@@ -6,6 +6,7 @@
     relay check-config FILE            validate a configuration file and exit
     relay dead-letters [--config FILE] list dead-lettered postbacks
     relay replay [--config FILE] ...   re-run stored postbacks (see relay replay --help)
+    relay status-table                 print the providers' status mappings (Markdown)
 """
 
 from __future__ import annotations
@@ -99,6 +100,14 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status_table(args: argparse.Namespace) -> int:
+    """Print every provider's status mapping table as Markdown."""
+    from relay.statustable import render
+
+    sys.stdout.write(render())
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of ``relay``."""
     p = argparse.ArgumentParser(prog="relay", description="relay: messaging webhook relay")
@@ -119,6 +128,9 @@ def parser() -> argparse.ArgumentParser:
     dead.add_argument("--limit", type=int, default=1000)
     dead.add_argument("--json", action="store_true", help="one JSON object per line")
     dead.set_defaults(func=cmd_dead_letters)
+
+    table = sub.add_parser("status-table", help="print the providers' status mappings")
+    table.set_defaults(func=cmd_status_table)
 
     add_replay(sub)
     return p

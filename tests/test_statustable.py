@@ -25,5 +25,5 @@ def test_every_provider_has_a_section() -> None:
 def test_table_rows_come_from_the_data() -> None:
     """Rows show the data tables' mappings, e.g. Bandwidth 4720 and Skycore N102."""
     text = render()
-    assert "| code 4720–4721 | `undeliverable` |" in text
+    assert "| code 4720\u20134721 | `undeliverable` |" in text
     assert "| `n102` | `delivered` | yes |" in text

@@ -47,7 +47,7 @@ def _condition(rule: Mapping[str, Any]) -> str:
     parts = []
     if "from" in rule and "to" in rule:
         lo, hi = rule["from"], rule["to"]
-        parts.append(f"code {lo}" if lo == hi else f"code {lo}–{hi}")
+        parts.append(f"code {lo}" if lo == hi else f"code {lo}\u2013{hi}")
     parts.extend(f"{k} {_cell(v)}" for k, v in rule.items()
                  if k not in (*_RULE_KEYS, "from", "to"))
     return ", ".join(parts) or "always"

@@ -11,7 +11,7 @@ export PINGPLUS_WHSEC ?= whsec_cmVsYXktZGV2LXBpbmdwbHVzLXNlY3JldC0zMmJ5dGU=
 # make run KAFKA=127.0.0.1:9092 publishes to that broker; empty keeps events in the spool.
 KAFKA ?=
 
-.PHONY: help venv install run test test-unit lint fmt bench docs kafka-jars clean
+.PHONY: help venv install run replay dead-letters test test-unit lint fmt bench docs kafka-jars clean
 
 help:
 	@echo "make run     start relay on localhost with $(CONFIG) (creates the virtualenv)"
@@ -32,6 +32,13 @@ venv install: $(VENV)/.installed
 
 run: $(VENV)/.installed
 	RELAY_KAFKA_BOOTSTRAP_SERVERS=$(KAFKA) $(BIN)/relay serve --config $(CONFIG)
+
+# Operator commands against the example config, e.g. make replay ARGS="--dry-run".
+replay: $(VENV)/.installed
+	RELAY_KAFKA_BOOTSTRAP_SERVERS=$(KAFKA) $(BIN)/relay replay --config $(CONFIG) $(ARGS)
+
+dead-letters: $(VENV)/.installed
+	$(BIN)/relay dead-letters --config $(CONFIG) $(ARGS)
 
 kafka-jars:
 	bash tests/kafka/fetch.sh

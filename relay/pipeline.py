@@ -41,7 +41,7 @@ from relay.schema import (
 )
 from relay.settings import Keywords
 from relay.sources import Source
-from relay.spool import DEAD, PUBLISHED, Outcome, Spool
+from relay.spool import DEAD, PENDING, PUBLISHED, Outcome, Spool
 
 log = get_logger("relay.pipeline")
 
@@ -210,13 +210,15 @@ class Batch:
 
     records: list[Record] = field(default_factory=list)
     owner: list[int] = field(default_factory=list)
+    event_ids: list[str | None] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     duplicates: dict[str, int] = field(default_factory=dict)
 
-    def add(self, record: Record, index: int) -> None:
-        """Add a record owned by outcome ``index``."""
+    def add(self, record: Record, index: int, event: str | None = None) -> None:
+        """Add a record owned by outcome ``index`` (carrying event id ``event``, if any)."""
         self.records.append(record)
         self.owner.append(index)
+        self.event_ids.append(event)
 
 
 HeadersFor = Callable[[RawPostback], Sequence[tuple[str, bytes]]]
@@ -248,7 +250,7 @@ def build_batch(derivations: Iterable[Derived], topics: Topics, *, skip: set[str
                 continue
             taken.add(event.id)
             ids.append(event.id)
-            batch.add(event_record(event, topics, extra), index)
+            batch.add(event_record(event, topics, extra), index, event.id)
         batch.outcomes.append(Outcome(raw.id, PUBLISHED, tuple(ids)))
     return batch
 
@@ -257,6 +259,21 @@ def acknowledged(batch: Batch, results: Sequence[BaseException | None]) -> list[
     """The outcomes whose every record Kafka acknowledged."""
     failed = {batch.owner[i] for i, r in enumerate(results) if r is not None}
     return [o for i, o in enumerate(batch.outcomes) if i not in failed]
+
+
+def partly_acknowledged(batch: Batch, results: Sequence[BaseException | None]
+                        ) -> list[Outcome]:
+    """For postbacks only some of whose records Kafka took: the event ids it did take.
+
+    They are remembered (row still pending) so the retry does not publish them again.
+    """
+    failed = {batch.owner[i] for i, r in enumerate(results) if r is not None}
+    taken: dict[int, list[str]] = {}
+    for i, result in enumerate(results):
+        event = batch.event_ids[i]
+        if result is None and event is not None and batch.owner[i] in failed:
+            taken.setdefault(batch.owner[i], []).append(event)
+    return [Outcome(batch.outcomes[i].raw_id, PENDING, tuple(ids)) for i, ids in taken.items()]
 
 
 # --- the background task --------------------------------------------------------------------
@@ -366,8 +383,9 @@ class Pipeline:
         batch = build_batch(derivations, self.topics, skip=seen)
         results = await self.publisher.send_all(batch.records)
         done = acknowledged(batch, results)
-        if done:
-            await self.spool.complete(done, self.clock())
+        partial = partly_acknowledged(batch, results)
+        if done or partial:
+            await self.spool.complete([*done, *partial], self.clock())
         self._account(derivations, batch, results, done)
         if len(done) < len(batch.outcomes):
             first = next(r for r in results if r is not None)

@@ -21,7 +21,9 @@ Invariants
 * A row exists before its postback is acknowledged: :meth:`Spool.append` returns only
   after the transaction holding it has committed (and so been fsynced).
 * ``state`` moves 0 -> 1 or 0 -> 2 (and 2 -> 1 when a dead letter is replayed after a
-  fix), only after Kafka acknowledged every record derived from the row.
+  fix), only after Kafka acknowledged every record derived from the row. A row only some
+  of whose events Kafka took stays 0, and the ids it took go to ``seen`` so the retry
+  skips them.
 * Pruning deletes only rows that are not pending *and* older than the retention; a
   pending row is never deleted, whatever its age or the size cap.
 * ``seen`` holds the ids of events published within the dedup window; it is written in

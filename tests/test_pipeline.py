@@ -231,3 +231,24 @@ async def test_run_loop_wakes_on_commit(tmp_path: Path) -> None:
         await pipeline.stop()
         task.cancel()
         spool.close()
+
+
+async def test_partly_acknowledged_postback_does_not_republish_what_kafka_took(
+        tmp_path: Path) -> None:
+    """When Kafka takes some of a postback's events and not others, the retry sends only the rest."""
+    publisher = MemoryPublisher()
+    publisher.fail_topics.add("messaging.consent.v1")
+    pipeline, spool = await _pipeline(tmp_path, publisher)
+    try:
+        raw_id = await spool.append(raw([item(1, "message-received", "STOP")]))
+        with pytest.raises(Exception, match="not acknowledged"):
+            await pipeline.step()
+        assert spool.state_of(raw_id) == PENDING
+        publisher.fail_topics.clear()
+        await pipeline.step()
+        topics = [r.topic for r in publisher.records]
+        assert topics.count("messaging.inbound-messages.v1") == 1
+        assert topics.count("messaging.consent.v1") == 1
+        assert spool.state_of(raw_id) == PUBLISHED
+    finally:
+        spool.close()

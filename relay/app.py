@@ -70,6 +70,7 @@ def _incoming(request: Request, body: bytes) -> Incoming:
 def create_app(service: Service) -> Starlette:
     """The ASGI app around a :class:`Service` (started and stopped by the lifespan)."""
     metrics = service.metrics
+    accepted = {name: metrics.postbacks.labels(name, "accepted") for name in service.sources}
 
     async def hook(request: Request) -> Response:
         started = time.perf_counter()
@@ -84,7 +85,7 @@ def create_app(service: Service) -> Starlette:
             log.warning("postback_refused", source=name, status=exc.status, reason=exc.code,
                         detail=exc.detail, peer=client[0] if client else None)
             return _json(exc.status, {"error": exc.code, "detail": exc.detail}, exc.headers())
-        metrics.postbacks.labels(name, "accepted").inc()
+        accepted[name].inc()
         metrics.ack_seconds.observe(time.perf_counter() - started)
         return _json(source.provider.ack_status, {"status": "accepted", "raw_id": raw_id})
 

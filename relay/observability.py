@@ -94,3 +94,32 @@ class Metrics:
         self.spool_bytes = Gauge("relay_spool_bytes", "Bytes held in the spool", registry=r)
         self.kafka_up = Gauge("relay_kafka_connected", "1 when the producer is connected",
                               registry=r)
+        self.kafka_connected = False
+        self.kafka_problem: str | None = None
+
+    # --- what the pipeline reports (see relay.pipeline.Reporter) ---------------------------
+
+    def published(self, topic: str, count: int) -> None:
+        """Kafka acknowledged ``count`` records on ``topic``."""
+        self.events.labels(topic).inc(count)
+
+    def duplicated(self, source: str, count: int) -> None:
+        """``count`` events of ``source`` were not published again."""
+        self.duplicates.labels(source).inc(count)
+
+    def dead_lettered(self, source: str) -> None:
+        """A postback of ``source`` went to the dead-letter topic."""
+        self.dead_letters.labels(source).inc()
+
+    def noticed(self, source: str, code: str) -> None:
+        """A provider notice (not a message status) arrived."""
+        self.notices.labels(source, code).inc()
+
+    def publish_failed(self) -> None:
+        """A publish attempt failed and will be retried."""
+        self.publish_errors.inc()
+
+    def kafka(self, connected: bool, problem: str | None) -> None:
+        """The producer's connection state changed."""
+        self.kafka_connected, self.kafka_problem = connected, problem
+        self.kafka_up.set(1 if connected else 0)

@@ -21,12 +21,12 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from relay.errors import ConfigError, NormalisationError, PublishError
-from relay.observability import Metrics, get_logger
+from relay.observability import get_logger
 from relay.providers import SourceContext
 from relay.publish import Publisher, Record, Topics
 from relay.schema import (
@@ -279,6 +279,22 @@ def partly_acknowledged(batch: Batch, results: Sequence[BaseException | None]
 # --- the background task --------------------------------------------------------------------
 
 
+class Reporter(Protocol):
+    """Where the pipeline reports what it did (metrics; the worker forwards them)."""
+
+    def published(self, topic: str, count: int) -> None: ...
+
+    def duplicated(self, source: str, count: int) -> None: ...
+
+    def dead_lettered(self, source: str) -> None: ...
+
+    def noticed(self, source: str, code: str) -> None: ...
+
+    def publish_failed(self) -> None: ...
+
+    def kafka(self, connected: bool, problem: str | None) -> None: ...
+
+
 @dataclass
 class Backoff:
     """Exponential backoff with jitter, reset on success."""
@@ -302,14 +318,14 @@ class Pipeline:
     """Publishes spooled postbacks, in order, until stopped."""
 
     def __init__(self, spool: Spool, normaliser: Normaliser, publisher: Publisher,
-                 topics: Topics, metrics: Metrics, *, dedup_window: float,
+                 topics: Topics, reporter: Reporter, *, dedup_window: float,
                  ensure: Callable[[], Any] | None = None, batch_size: int = 256,
                  clock: Callable[[], float] = time.time) -> None:
         self.spool = spool
         self.normaliser = normaliser
         self.publisher = publisher
         self.topics = topics
-        self.metrics = metrics
+        self.reporter = reporter
         self.dedup_window = dedup_window
         self.ensure = ensure
         self.batch_size = batch_size
@@ -319,6 +335,7 @@ class Pipeline:
         self.last_error: str | None = None
         self._wake = asyncio.Event()
         self._stopping = False
+        self._idle = asyncio.Event()  # set while no batch is in hand
 
     def wake(self) -> None:
         """Tell the loop new rows were committed (called on the event loop)."""
@@ -337,34 +354,46 @@ class Pipeline:
         except ConfigError as exc:  # a topic is missing and may not be created
             self.fatal = str(exc)
             log.error("kafka_topics_missing", problem=self.fatal)
+            self.reporter.kafka(False, self.fatal)
             return False
         except PublishError as exc:
             self.last_error = str(exc)
             log.warning("kafka_unreachable", problem=str(exc))
+            self.reporter.kafka(False, self.last_error)
             return False
         self.connected, self.fatal, self.last_error = True, None, None
-        self.metrics.kafka_up.set(1)
+        self.reporter.kafka(True, None)
         log.info("kafka_connected")
         return True
 
     async def run(self) -> None:
         """Loop until :meth:`stop`; never raises for Kafka trouble."""
+        try:
+            await self._loop()
+        finally:
+            self._idle.set()
+
+    async def _loop(self) -> None:
         backoff = Backoff()
         while not self._stopping:
             if not self.connected and not await self._connect():
                 await self._sleep(backoff.next() if self.fatal is None else 30.0)
                 continue
+            self._idle.clear()
             try:
                 busy = await self.step()
             except PublishError as exc:
                 self.last_error = str(exc)
-                self.metrics.publish_errors.inc()
+                self.reporter.publish_failed()
                 log.warning("publish_failed", problem=str(exc))
-                await self._sleep(backoff.next())
-                continue
-            backoff.reset()
-            if not busy:
-                await self._sleep(1.0)
+                busy, delay = True, backoff.next()
+            else:
+                backoff.reset()
+                delay = 0.0 if busy else 1.0
+            finally:
+                self._idle.set()
+            if delay:
+                await self._sleep(delay)
 
     async def step(self) -> bool:
         """Publish one batch of pending rows; False when there was nothing to do."""
@@ -396,27 +425,35 @@ class Pipeline:
     def _account(self, derivations: Sequence[Derived], batch: Batch,
                  results: Sequence[BaseException | None], done: Sequence[Outcome]) -> None:
         done_ids = {o.raw_id for o in done}
+        published: dict[str, int] = {}
         for rec, result in zip(batch.records, results, strict=True):
             if result is None:
-                self.metrics.events.labels(rec.topic).inc()
+                published[rec.topic] = published.get(rec.topic, 0) + 1
+        for topic, count in published.items():
+            self.reporter.published(topic, count)
         for source, count in batch.duplicates.items():
-            self.metrics.duplicates.labels(source).inc(count)
+            self.reporter.duplicated(source, count)
         for d in derivations:
             if d.raw.id not in done_ids:
                 continue
             for notice in d.notices:
-                self.metrics.notices.labels(d.raw.source, notice.code).inc()
+                self.reporter.noticed(d.raw.source, notice.code)
                 log.info("provider_notice", source=d.raw.source, raw_id=d.raw.id,
                          code=notice.code, detail=notice.detail)
             if d.error is not None:
-                self.metrics.dead_letters.labels(d.raw.source).inc()
+                self.reporter.dead_lettered(d.raw.source)
                 log.warning("dead_lettered", source=d.raw.source, raw_id=d.raw.id, error=d.error)
 
-    async def stop(self) -> None:
-        """Stop the loop (the caller cancels the task) and flush the producer."""
+    async def stop(self, grace: float = 10.0) -> None:
+        """Finish the batch in hand (up to ``grace`` s), then flush and close the producer.
+
+        The caller cancels the task running :meth:`run` afterwards.
+        """
         self._stopping = True
         self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace)
         with contextlib.suppress(Exception):
-            await self.publisher.stop()
+            await asyncio.wait_for(self.publisher.stop(), grace)
         self.connected = False
-        self.metrics.kafka_up.set(0)
+        self.reporter.kafka(False, "stopped")

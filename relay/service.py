@@ -17,12 +17,13 @@ from typing import Any
 from relay.errors import ConfigError, PublishError, UnknownSource
 from relay.observability import Metrics, get_logger
 from relay.pipeline import Normaliser, Pipeline
-from relay.publish import KafkaPublisher, Publisher, Topics, ensure_topics
+from relay.publish import Publisher, Topics, ensure_topics
 from relay.schema import RawPostback
 from relay.settings import Settings
 from relay.sources import Source, build
 from relay.spool import Spool
 from relay.verify import Request, client_address
+from relay.worker import Worker
 
 log = get_logger("relay.service")
 
@@ -44,7 +45,12 @@ class Incoming:
 
 
 class Service:
-    """The running relay: receive postbacks, publish them in the background."""
+    """The running relay: receive postbacks; publish them in the background.
+
+    With Kafka configured, publishing runs in a child process (:mod:`relay.worker`), off
+    the ack path's core. A ``publisher`` passed in (tests) runs the same pipeline as a task
+    in this process instead.
+    """
 
     def __init__(self, settings: Settings, *, publisher: Publisher | None = None,
                  clock: Callable[[], float] = time.time) -> None:
@@ -54,59 +60,68 @@ class Service:
         self.sources: dict[str, Source] = dict(build(settings))
         self.topics = Topics(settings.kafka.topic_prefix)
         self.spool = Spool(settings.spool.dir, settings.spool.max_bytes, on_commit=self._committed)
-        self.normaliser = Normaliser(self.sources)
         self.pipeline: Pipeline | None = None
-        if publisher is None and settings.kafka.configured:
-            publisher = KafkaPublisher(settings.kafka)
+        self.worker: Worker | None = None
         if publisher is not None:
             self.pipeline = Pipeline(
-                self.spool, self.normaliser, publisher, self.topics, self.metrics,
-                dedup_window=settings.spool.dedup_window_hours * 3600,
-                ensure=self._ensure_topics if settings.kafka.configured else None, clock=clock,
-            )
+                self.spool, Normaliser(self.sources), publisher, self.topics, self.metrics,
+                dedup_window=settings.spool.dedup_window_hours * 3600, clock=clock)
+        elif settings.kafka.configured:
+            self.worker = Worker(settings, self.metrics)
         self._tasks: list[asyncio.Task[Any]] = []
 
-    async def _ensure_topics(self) -> None:
-        created = await ensure_topics(self.settings.kafka, self.topics.all())
-        if created:
-            log.info("kafka_topics_created", topics=created)
-
     def _committed(self) -> None:
-        if self.pipeline is not None:
+        if self.worker is not None:
+            self.worker.wake()
+        elif self.pipeline is not None:
             self.pipeline.wake()
 
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the spool, check Kafka's topics, start the background tasks.
+        """Open the spool, check Kafka's topics, start the publisher and the pruner.
 
         Raises :class:`ConfigError` if Kafka answers and a topic is missing (and may not be
         created). Kafka unreachable is not an error: postbacks wait in the spool.
         """
         await asyncio.to_thread(self.spool.open)
-        if not self.settings.kafka.configured:
+        if not self.settings.kafka.configured and self.pipeline is None:
             log.warning("kafka_not_configured",
                         detail="no [kafka] bootstrap_servers: postbacks are acknowledged and "
                         "wait in the spool until Kafka is configured")
-        elif self.pipeline is not None:
-            try:
-                await asyncio.wait_for(self._ensure_topics(), 15)
-            except ConfigError:
-                self.spool.close()
-                raise
-            except (PublishError, TimeoutError) as exc:
-                log.warning("kafka_unreachable_at_start", problem=str(exc) or "timeout",
-                            detail="postbacks are acknowledged and wait in the spool")
+        if self.worker is not None:
+            await self._check_topics()
+            await self.worker.start()
         if self.pipeline is not None:
             self._tasks.append(asyncio.create_task(self.pipeline.run(), name="relay-pipeline"))
         self._tasks.append(asyncio.create_task(self._prune_loop(), name="relay-pruner"))
         log.info("relay_started", sources=sorted(self.sources), spool=str(self.spool.path),
                  kafka=list(self.settings.kafka.bootstrap_servers))
 
+    async def _check_topics(self) -> None:
+        try:
+            created = await asyncio.wait_for(
+                ensure_topics(self.settings.kafka, self.topics.all()), 15)
+        except ConfigError as exc:
+            log.error("kafka_topics_missing", problem=str(exc))
+            await asyncio.to_thread(self.spool.close)
+            raise
+        except (PublishError, TimeoutError) as exc:
+            problem = str(exc) or "timeout"
+            self.metrics.kafka(False, problem)
+            log.warning("kafka_unreachable_at_start", problem=problem,
+                        detail="postbacks are acknowledged and wait in the spool")
+            return
+        if created:
+            log.info("kafka_topics_created", topics=created)
+
     async def stop(self) -> None:
-        """Stop the background tasks, flush the producer, close the spool."""
+        """Stop the publisher (it flushes the producer), the tasks, then close the spool."""
+        timeout = self.settings.server.shutdown_timeout
+        if self.worker is not None:
+            await self.worker.stop(timeout)
         if self.pipeline is not None:
-            await self.pipeline.stop()
+            await self.pipeline.stop(timeout)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -169,11 +184,11 @@ class Service:
             "spool": "ok" if spool_ok else (self.spool.broken or "over its size cap"),
             "pending": stats.pending, "dead_letters": stats.dead, "spool_bytes": stats.bytes,
         }
-        if not self.settings.kafka.configured:
+        if self.worker is None and self.pipeline is None:
             body["kafka"] = "not configured: postbacks wait in the spool"
-        elif self.pipeline is None or not self.pipeline.connected:
-            problem = (self.pipeline.fatal or self.pipeline.last_error) if self.pipeline else None
-            body["kafka"] = f"unreachable: postbacks wait in the spool ({problem or 'connecting'})"
+        elif not self.metrics.kafka_connected:
+            problem = self.metrics.kafka_problem or "connecting"
+            body["kafka"] = f"unreachable: postbacks wait in the spool ({problem})"
         else:
             body["kafka"] = "connected"
         return spool_ok, body

@@ -434,7 +434,7 @@ def _source(data: object, index: int, environ: Mapping[str, str]) -> SourceConfi
         keywords=keywords,
         options={k: v for k, v in data.items() if k not in _SOURCE_KEYS},
         index=index,
-        environ=environ,
+        environ=dict(environ),
     )
 
 

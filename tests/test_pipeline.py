@@ -189,7 +189,7 @@ async def test_retried_postback_is_published_once(tmp_path: Path) -> None:
         await pipeline.step()
         receipts = [r for r in publisher.records if r.topic.endswith("delivery-receipts.v1")]
         assert len(receipts) == 1
-        assert pipeline.metrics.duplicates.labels("bw")._value.get() == 2
+        assert pipeline.reporter.duplicates.labels("bw")._value.get() == 2  # type: ignore[attr-defined]
     finally:
         spool.close()
 

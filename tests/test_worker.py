@@ -1,0 +1,104 @@
+"""The publisher process: started, woken, watched, restarted, and gone with its parent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from harness import (
+    RelayProcess,
+    basic,
+    consume,
+    free_port,
+    make_settings,
+    relay_server,
+    unique_prefix,
+)
+from test_e2e import ENV, _write_config, dlr
+
+from relay.service import Service
+
+pytestmark = pytest.mark.kafka
+AUTH = basic("relay", "s3cret-for-tests")
+BW = {"name": "bw", "provider": "bandwidth",
+      "basic_auth": {"username": "relay", "password": "env:BW_PASS"}}
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found.extend(int(p) for p in text)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+async def test_publisher_runs_in_its_own_process_and_reports_metrics(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    """Publishing happens in a child process, and its counts show in the parent's /metrics."""
+    settings = make_settings(tmp_path, kafka=kafka_bootstrap, sources=[BW],
+                             environ={"BW_PASS": "s3cret-for-tests"})
+    service = Service(settings)
+    prefix = settings.kafka.topic_prefix
+    async with relay_server(settings, service) as url, httpx.AsyncClient(base_url=url) as client:
+        assert service.worker is not None and service.worker.pid not in (None, os.getpid())
+        await client.post("/hooks/bw", content=json.dumps([dlr(1), dlr(2)]), headers=AUTH)
+        await consume(kafka_bootstrap, f"{prefix}delivery-receipts.v1", 2)
+        for _ in range(50):
+            text = (await client.get("/metrics")).text
+            if f'relay_events_published_total{{topic="{prefix}delivery-receipts.v1"}} 2.0' in text:
+                break
+            await asyncio.sleep(0.1)
+        assert f'relay_events_published_total{{topic="{prefix}delivery-receipts.v1"}} 2.0' in text
+        assert (await client.get("/readyz")).json()["kafka"] == "connected"
+
+
+async def test_dead_publisher_is_restarted_and_nothing_is_lost(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    """Killing the publisher process loses nothing: a new one publishes what arrives next."""
+    settings = make_settings(tmp_path, kafka=kafka_bootstrap, sources=[BW],
+                             environ={"BW_PASS": "s3cret-for-tests"})
+    service = Service(settings)
+    prefix = settings.kafka.topic_prefix
+    async with relay_server(settings, service) as url, httpx.AsyncClient(base_url=url) as client:
+        assert service.worker is not None
+        first = service.worker.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        for n in range(20):
+            resp = await client.post("/hooks/bw", content=json.dumps([dlr(n)]), headers=AUTH)
+            assert resp.status_code == 200
+        records = await consume(kafka_bootstrap, f"{prefix}delivery-receipts.v1", 20,
+                                timeout=60, settle=1.0)
+        assert service.worker.pid != first
+    assert sorted(r.key for r in records) == sorted(f"msg-{n}".encode() for n in range(20))
+
+
+def test_publisher_exits_when_relay_is_killed(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """After kill -9 of relay, its publisher process notices and exits by itself."""
+    proc = RelayProcess(_write_config(tmp_path, kafka_bootstrap, unique_prefix()), free_port(),
+                        ENV)
+    proc.start()
+    assert proc.proc is not None
+    kids = children(proc.proc.pid)
+    assert kids, "relay serve with Kafka configured runs a publisher process"
+    proc.kill()
+    deadline = time.monotonic() + 15
+    while any(alive(k) for k in kids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(k) for k in kids)

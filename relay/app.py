@@ -39,9 +39,9 @@ def _json(status: int, body: object, headers: dict[str, str] | None = None) -> R
     return Response(orjson.dumps(body), status, headers=headers, media_type=JSON)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, headers: dict[str, str], limit: int) -> bytes:
     """The request body, or :class:`PayloadTooLarge` as soon as it passes ``limit``."""
-    declared = request.headers.get("content-length")
+    declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit}")
     chunks: list[bytes] = []
@@ -54,9 +54,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _incoming(request: Request, body: bytes) -> Incoming:
+def _headers(request: Request) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1")
+            for k, v in request.scope["headers"]}
+
+
+def _incoming(request: Request, headers: dict[str, str], body: bytes) -> Incoming:
     scope = request.scope
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
     client = scope.get("client")
     return Incoming(
         source=request.path_params["source"], token=request.path_params.get("token"),
@@ -77,8 +81,9 @@ def create_app(service: Service) -> Starlette:
         name = request.path_params["source"]
         try:
             source = service.source_for(name, request.path_params.get("token"))
-            body = await read_body(request, source.max_body_bytes)
-            raw_id = await service.receive(source, _incoming(request, body))
+            headers = _headers(request)
+            body = await read_body(request, headers, source.max_body_bytes)
+            raw_id = await service.receive(source, _incoming(request, headers, body))
         except HookError as exc:
             metrics.postbacks.labels(name if name in service.sources else "-", exc.code).inc()
             client = request.scope.get("client")

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from relay.errors import ConfigError, NormalisationError, PublishError
+from relay.errors import ConfigError, NormalisationError, PublishError, SpoolUnavailable
 from relay.observability import get_logger
 from relay.providers import SourceContext
 from relay.publish import Publisher, Record, Topics
@@ -41,7 +41,7 @@ from relay.schema import (
 )
 from relay.settings import Keywords
 from relay.sources import Source
-from relay.spool import DEAD, PENDING, PUBLISHED, Outcome, Spool
+from relay.spool import DEAD, PENDING, PUBLISHED, Outcome
 
 log = get_logger("relay.pipeline")
 
@@ -279,6 +279,17 @@ def partly_acknowledged(batch: Batch, results: Sequence[BaseException | None]
 # --- the background task --------------------------------------------------------------------
 
 
+class Store(Protocol):
+    """What the pipeline needs of the spool (a :class:`~relay.spool.Spool`, or the
+    publisher process's view of the parent's spool)."""
+
+    def pending(self, after: int = 0, limit: int = 500) -> list[RawPostback]: ...
+
+    def seen_ids(self, event_ids: Iterable[str], since: float) -> set[str]: ...
+
+    async def complete(self, outcomes: Sequence[Outcome], now: float | None = None) -> None: ...
+
+
 class Reporter(Protocol):
     """Where the pipeline reports what it did (metrics; the worker forwards them)."""
 
@@ -317,7 +328,7 @@ class Backoff:
 class Pipeline:
     """Publishes spooled postbacks, in order, until stopped."""
 
-    def __init__(self, spool: Spool, normaliser: Normaliser, publisher: Publisher,
+    def __init__(self, spool: Store, normaliser: Normaliser, publisher: Publisher,
                  topics: Topics, reporter: Reporter, *, dedup_window: float,
                  ensure: Callable[[], Any] | None = None, batch_size: int = 256,
                  clock: Callable[[], float] = time.time) -> None:
@@ -382,10 +393,14 @@ class Pipeline:
             self._idle.clear()
             try:
                 busy = await self.step()
-            except PublishError as exc:
+            except (PublishError, SpoolUnavailable) as exc:
                 self.last_error = str(exc)
                 self.reporter.publish_failed()
                 log.warning("publish_failed", problem=str(exc))
+                busy, delay = True, backoff.next()
+            except Exception as exc:  # a bug must not stop publishing for good
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("pipeline_error", problem=self.last_error)
                 busy, delay = True, backoff.next()
             else:
                 backoff.reset()

@@ -67,7 +67,7 @@ class Service:
                 self.spool, Normaliser(self.sources), publisher, self.topics, self.metrics,
                 dedup_window=settings.spool.dedup_window_hours * 3600, clock=clock)
         elif settings.kafka.configured:
-            self.worker = Worker(settings, self.metrics)
+            self.worker = Worker(settings, self.metrics, self.spool)
         self._tasks: list[asyncio.Task[Any]] = []
 
     def _committed(self) -> None:

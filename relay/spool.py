@@ -184,6 +184,15 @@ class Spool:
 
     # --- lifecycle ------------------------------------------------------------------------
 
+    def open_reader(self) -> Spool:
+        """Open for reading only (no writer thread): the publisher process's view.
+
+        The database must exist; writes go through the process that opened it with
+        :meth:`open`, so there is one writer and commits never wait on another process.
+        """
+        self._reader = connect(self.path)
+        return self
+
     def open(self) -> Spool:
         """Create or open the database and start the writer thread."""
         self.path.parent.mkdir(parents=True, exist_ok=True)

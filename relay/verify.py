@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from functools import lru_cache
 from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -62,8 +63,12 @@ class Verifier(Protocol):
 # --- addresses ------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=4096)
 def parse_ip(text: str | None) -> IPAddress | None:
-    """An IP address from text (IPv6 brackets and zone ids tolerated), or None."""
+    """An IP address from text (IPv6 brackets and zone ids tolerated), or None.
+
+    Cached: the same few provider and proxy addresses arrive again and again.
+    """
     if not text:
         return None
     text = text.strip().strip("[]").split("%", 1)[0]

@@ -5,14 +5,19 @@ to Kafka, mark done) in a child process, so Kafka work never shares the ack path
 loop or its interpreter lock. Both open the same spool database; SQLite's WAL lets the
 child read while the parent commits, and each side's writes are short transactions.
 
-The two processes talk over two one-way pipes::
+The parent is the spool's only writer; the child reads it (WAL readers never block the
+writer) and asks the parent to record what Kafka acknowledged, so the ack path's group
+commits never wait on another process's lock. The two talk over three one-way pipes::
 
-    parent -> child   a raw pipe; the parent writes one byte per spool commit ("new rows",
+    parent -> child   wake: a raw pipe; one byte per spool commit ("new rows";
                       non-blocking: a full pipe already means "wake up"); EOF means the
                       parent is gone, and the child stops.
-    child -> parent   a multiprocessing Connection carrying reports ``(name, *args)``,
-                      applied to the parent's :class:`~relay.observability.Metrics` (what
-                      /metrics and /readyz show).
+    child -> parent   requests: a multiprocessing Connection carrying reports
+                      ``(name, *args)`` applied to the parent's
+                      :class:`~relay.observability.Metrics` (what /metrics and /readyz
+                      show), and ``("complete", n, outcomes, now)``: mark rows done.
+    parent -> child   replies: ``("ok", n, None)`` once those outcomes are committed, or
+                      ``("error", n, text)``.
 
 The child stops on SIGTERM: it finishes the batch in hand, flushes the producer and exits;
 whatever is unpublished stays pending in the spool. It ignores SIGINT (a terminal's Ctrl-C
@@ -26,15 +31,18 @@ import contextlib
 import multiprocessing
 import os
 import signal
+from collections.abc import Iterable, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
+from relay.errors import SpoolUnavailable
 from relay.observability import Metrics, configure_logging, get_logger
 from relay.pipeline import Normaliser, Pipeline
 from relay.publish import KafkaPublisher, Topics, ensure_topics
+from relay.schema import RawPostback
 from relay.settings import Settings
 from relay.sources import build
-from relay.spool import Spool
+from relay.spool import Outcome, Spool
 
 log = get_logger("relay.worker")
 
@@ -75,30 +83,84 @@ class ForwardingReporter:
 # --- the child --------------------------------------------------------------------------------
 
 
-def child_main(settings: Settings, wake: Connection, reports: Connection) -> None:
+class RemoteStore:
+    """The child's spool: reads from its own connection, completions through the parent."""
+
+    def __init__(self, spool: Spool, requests: Connection, replies: Connection) -> None:
+        self.spool = spool
+        self.requests = requests
+        self.replies = replies
+        self._waiting: dict[int, asyncio.Future[None]] = {}
+        self._next = 0
+
+    def pending(self, after: int = 0, limit: int = 500) -> list[RawPostback]:
+        return self.spool.pending(after, limit)
+
+    def seen_ids(self, event_ids: Iterable[str], since: float) -> set[str]:
+        return self.spool.seen_ids(event_ids, since)
+
+    async def complete(self, outcomes: Sequence[Outcome], now: float | None = None) -> None:
+        """Ask the parent to record ``outcomes``; returns once they are committed."""
+        self._next += 1
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting[self._next] = future
+        try:
+            self.requests.send(("complete", self._next, list(outcomes), now))
+        except (OSError, ValueError) as exc:
+            self._waiting.pop(self._next, None)
+            raise SpoolUnavailable(f"parent unreachable: {exc}") from None
+        await future
+
+    def on_reply(self) -> None:
+        """Resolve the requests the parent answered (the replies pipe is readable)."""
+        try:
+            while self.replies.poll():
+                kind, number, error = self.replies.recv()
+                future = self._waiting.pop(number, None)
+                if future is None or future.done():
+                    continue
+                if kind == "ok":
+                    future.set_result(None)
+                else:
+                    future.set_exception(SpoolUnavailable(str(error)))
+        except (EOFError, OSError):
+            self.fail_all("parent gone")
+
+    def fail_all(self, reason: str) -> None:
+        """Fail every request still waiting."""
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(SpoolUnavailable(reason))
+        self._waiting.clear()
+
+
+def child_main(settings: Settings, wake: Connection, requests: Connection,
+               replies: Connection) -> None:
     """Entry point of the publisher process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(settings.log.level, settings.log.format)
     try:
         import uvloop
 
-        uvloop.run(_child(settings, wake, reports))
+        uvloop.run(_child(settings, wake, requests, replies))
     except ImportError:  # pragma: no cover - uvloop is a dependency
-        asyncio.run(_child(settings, wake, reports))
+        asyncio.run(_child(settings, wake, requests, replies))
 
 
-async def _child(settings: Settings, wake: Connection, reports: Connection) -> None:
-    spool = Spool(settings.spool.dir, settings.spool.max_bytes)
-    await asyncio.to_thread(spool.open)
+async def _child(settings: Settings, wake: Connection, requests: Connection,
+                 replies: Connection) -> None:
+    spool = Spool(settings.spool.dir, settings.spool.max_bytes).open_reader()
+    store = RemoteStore(spool, requests, replies)
     cfg = settings.kafka
     topics = Topics(cfg.topic_prefix)
     pipeline = Pipeline(
-        spool, Normaliser(build(settings)), KafkaPublisher(cfg), topics,
-        ForwardingReporter(reports), dedup_window=settings.spool.dedup_window_hours * 3600,
+        store, Normaliser(build(settings)), KafkaPublisher(cfg), topics,
+        ForwardingReporter(requests), dedup_window=settings.spool.dedup_window_hours * 3600,
         ensure=lambda: ensure_topics(cfg, topics.all()))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_reader(replies.fileno(), store.on_reply)
     fd = wake.fileno()
     os.set_blocking(fd, False)
 
@@ -110,6 +172,7 @@ async def _child(settings: Settings, wake: Connection, reports: Connection) -> N
         if data:
             pipeline.wake()
         else:  # EOF: the parent is gone
+            store.fail_all("parent gone")
             stop.set()
 
     loop.add_reader(fd, on_wake)
@@ -120,6 +183,7 @@ async def _child(settings: Settings, wake: Connection, reports: Connection) -> N
     finally:
         loop.remove_reader(fd)
         await pipeline.stop(settings.server.shutdown_timeout)
+        loop.remove_reader(replies.fileno())
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -133,12 +197,15 @@ async def _child(settings: Settings, wake: Connection, reports: Connection) -> N
 class Worker:
     """Starts, wakes, watches and stops the publisher process."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, spool: Spool) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.spool = spool
         self._process: BaseProcess | None = None
         self._wake_fd: int | None = None
         self._reports: Connection | None = None
+        self._replies: Connection | None = None
+        self._completing: set[asyncio.Task[None]] = set()
         self._watch: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -146,11 +213,14 @@ class Worker:
         ctx = multiprocessing.get_context("spawn")
         wake_read, wake_write = ctx.Pipe(duplex=False)
         report_read, report_write = ctx.Pipe(duplex=False)
+        reply_read, reply_write = ctx.Pipe(duplex=False)
         process = ctx.Process(target=child_main, name="relay-publisher", daemon=True,
-                              args=(self.settings, wake_read, report_write))
+                              args=(self.settings, wake_read, report_write, reply_read))
         process.start()
         wake_read.close()
         report_write.close()
+        reply_read.close()
+        self._replies = reply_write
         self._wake_fd = os.dup(wake_write.fileno())
         wake_write.close()
         os.set_blocking(self._wake_fd, False)
@@ -168,6 +238,9 @@ class Worker:
         if self._wake_fd is not None:
             os.close(self._wake_fd)
             self._wake_fd = None
+        if self._replies is not None:
+            self._replies.close()
+            self._replies = None
 
     def _read_reports(self) -> None:
         conn = self._reports
@@ -176,11 +249,28 @@ class Worker:
         try:
             while conn.poll():
                 name, *args = conn.recv()
-                if name in REPORTS:
+                if name == "complete":
+                    task = asyncio.get_running_loop().create_task(
+                        self._complete(self._replies, *args))
+                    self._completing.add(task)
+                    task.add_done_callback(self._completing.discard)
+                elif name in REPORTS:
                     getattr(self.metrics, name)(*args)
         except (EOFError, OSError):
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(conn.fileno())
+
+    async def _complete(self, replies: Connection | None, number: int,
+                        outcomes: list[Outcome], now: float | None) -> None:
+        """Commit a child's outcomes and answer that same child (not a successor)."""
+        reply: tuple[str, int, str | None] = ("ok", number, None)
+        try:
+            await self.spool.complete(outcomes, now)
+        except Exception as exc:
+            reply = ("error", number, f"{type(exc).__name__}: {exc}")
+        if replies is not None:
+            with contextlib.suppress(OSError, ValueError):
+                replies.send(reply)
 
     async def start(self) -> None:
         """Start the publisher process and a watcher that restarts it if it dies."""

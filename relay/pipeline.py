@@ -21,6 +21,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Protocol
 
 import orjson
@@ -157,12 +158,17 @@ def raw_from_json(data: Mapping[str, Any]) -> RawPostback:
     )
 
 
+@lru_cache(maxsize=1024)
+def _ce_source(source: str) -> tuple[str, bytes]:
+    return ("ce_source", f"/relay/sources/{source}".encode())
+
+
 def _headers(ce_id: str, ce_type: bytes, source: str, ce_time: str,
              extra: Sequence[tuple[str, bytes]]) -> tuple[tuple[str, bytes], ...]:
     return (
         ("ce_specversion", CE_SPECVERSION),
         ("ce_id", ce_id.encode()),
-        ("ce_source", f"/relay/sources/{source}".encode()),
+        _ce_source(source),
         ("ce_type", ce_type),
         ("ce_time", ce_time.encode()),
         ("content-type", JSON),

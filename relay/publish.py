@@ -14,8 +14,8 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -38,19 +38,22 @@ class Topics:
     """relay's topic names under a prefix (default ``messaging.``)."""
 
     prefix: str = "messaging."
+    names: dict[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", {k: self.prefix + v for k, v in TOPIC_NAMES.items()})
 
     def for_kind(self, kind: str) -> str:
         """The topic of records of ``kind`` (an event type, ``dead_letter`` or ``raw``)."""
-        return self.prefix + TOPIC_NAMES[kind]
+        return self.names[kind]
 
     def all(self) -> list[str]:
         """Every topic relay writes to."""
         return [self.prefix + name for name in TOPIC_NAMES.values()]
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One Kafka record."""
+class Record(NamedTuple):
+    """One Kafka record (a named tuple: replay builds millions)."""
 
     topic: str
     key: bytes

@@ -48,6 +48,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -110,11 +111,16 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+@lru_cache(maxsize=1024)
+def _headers(blob: bytes) -> tuple[tuple[str, str], ...]:
+    """Kept headers from their JSON (cached: a source sends the same few sets)."""
+    return tuple((str(k), str(v)) for k, v in orjson.loads(blob))
+
+
 def row_to_raw(row: Sequence[Any]) -> RawPostback:
     """A ``raw`` row (in ``_COLUMNS`` order) as a :class:`RawPostback`."""
-    headers = tuple((str(k), str(v)) for k, v in orjson.loads(row[7]))
     return RawPostback(id=row[0], source=row[1], received_at=row[2], remote_addr=row[3],
-                       method=row[4], path=row[5], query=row[6], headers=headers,
+                       method=row[4], path=row[5], query=row[6], headers=_headers(row[7]),
                        body=bytes(row[8]))
 
 
@@ -440,6 +446,16 @@ class Spool:
             (limit,),
         ).fetchall()
         return [DeadLetter(int(r[0]), r[1], float(r[2]), r[3], int(r[4])) for r in rows]
+
+    def dead_among(self, raw_ids: Sequence[int]) -> set[int]:
+        """Which of ``raw_ids`` are dead-lettered (one query for a batch)."""
+        if not raw_ids:
+            return set()
+        rows = self._read().execute(
+            "SELECT id FROM raw WHERE state = 2 AND id BETWEEN ? AND ?",
+            (min(raw_ids), max(raw_ids))).fetchall()
+        wanted = set(raw_ids)
+        return {int(r[0]) for r in rows if r[0] in wanted}
 
     def state_of(self, raw_id: int) -> int | None:
         """The state of one row, or None if it does not exist (pruned)."""

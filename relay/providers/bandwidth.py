@@ -59,8 +59,8 @@ def _channel(message: Mapping[str, Any]) -> Channel:
     return "mms" if message.get("media") else "sms"
 
 
-def _receipt_status(item: Mapping[str, Any], kind: str) -> tuple[Status, bool, tuple[str, ...]]:
-    status, final = status_of(NAME, kind)
+def _receipt_status(item: Mapping[str, Any], kind: str, status: Status, final: bool
+                    ) -> tuple[Status, bool, tuple[str, ...]]:
     if kind == "message-failed":
         return error_status(integer(item.get("errorCode"))), True, ()
     carrier_only = table(NAME)["carrier_only"]
@@ -70,14 +70,15 @@ def _receipt_status(item: Mapping[str, Any], kind: str) -> tuple[Status, bool, t
     return status, final, ()
 
 
-def _event(item: object, raw: RawPostback, ctx: SourceContext) -> Event:
+def _event(item: object, raw: RawPostback, ctx: SourceContext, received_at: str) -> Event:
     if not isinstance(item, dict):
         raise NormalisationError("callback item is not a JSON object")
     kind = text(item.get("type"))
     message = item.get("message")
     if not isinstance(message, dict):
         raise NormalisationError(f"callback {kind!r} has no 'message' object")
-    if kind is None or (kind not in INBOUND_TYPES and status_of(NAME, kind)[0] == "unknown"):
+    status, final = status_of(NAME, kind)
+    if kind is None or (kind not in INBOUND_TYPES and status == "unknown"):
         raise NormalisationError(f"unknown Bandwidth callback type {kind!r}")
     msg_id = text(message.get("id"))
     region = ctx.default_region
@@ -98,7 +99,7 @@ def _event(item: object, raw: RawPostback, ctx: SourceContext) -> Event:
         "from_kind": from_kind,
         "to_kind": to_kind,
         "occurred_at": timestamp(item.get("time")),
-        "received_at": rfc3339(raw.received_at),
+        "received_at": received_at,
         "raw_id": raw.id,
         "client_ref": text(message.get("tag")),
         "segments": integer(message.get("segmentCount")),
@@ -116,7 +117,7 @@ def _event(item: object, raw: RawPostback, ctx: SourceContext) -> Event:
             final=False, text=body, media=tuple(Media(url=u) for u in media if isinstance(u, str)),
             **common,
         )
-    status, final, flags = _receipt_status(item, kind)
+    status, final, flags = _receipt_status(item, kind, status, final)
     code = integer(item.get("errorCode"))
     error = None
     if kind == "message-failed" or code is not None:
@@ -135,7 +136,8 @@ def normalise(raw: RawPostback, ctx: SourceContext) -> list[Output]:
     """Every event in a Bandwidth callback body (an array, or one object)."""
     data = load_json(raw.body)
     items = data if isinstance(data, list) else [data]
-    return [_event(item, raw, ctx) for item in items]
+    received_at = rfc3339(raw.received_at)
+    return [_event(item, raw, ctx, received_at) for item in items]
 
 
 PROVIDER = Provider(

@@ -34,6 +34,8 @@ def load_object(body: bytes) -> Mapping[str, Any]:
 
 def text(value: object) -> str | None:
     """A scalar as a string (None and empty stay None); containers are refused."""
+    if type(value) is str:
+        return value or None
     if value is None or isinstance(value, dict | list):
         return None
     if isinstance(value, bool):
@@ -53,8 +55,16 @@ def integer(value: object) -> int | None:
     return None
 
 
+def _is_rfc3339_utc_ms(value: str) -> bool:
+    """``YYYY-MM-DDTHH:MM:SS.mmmZ`` already: relay's own format (Bandwidth sends it)."""
+    return (len(value) == 24 and value[23] == "Z" and value[19] == "." and value[10] == "T"
+            and value[4] == "-" and value[7] == "-" and value[13] == ":" and value[16] == ":"
+            and value[:4].isdigit() and value[20:23].isdigit())
+
+
 def timestamp(value: object) -> str | None:
-    """A provider time as RFC 3339 UTC (``...Z``), or None if absent or unreadable.
+    """A provider time as RFC 3339 UTC (``...Z``, milliseconds), or None if absent or
+    unreadable.
 
     Accepts ISO 8601 with ``Z`` or an offset (naive times are taken as UTC) and UNIX
     seconds or milliseconds.
@@ -62,20 +72,22 @@ def timestamp(value: object) -> str | None:
     if value is None or isinstance(value, bool):
         return None
     try:
-        if isinstance(value, int | float) or (isinstance(value, str) and value.isascii()
-                                                 and value.isdigit()):
+        if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+            if _is_rfc3339_utc_ms(value):
+                return value
+            dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00")
+                                        .replace("z", "+00:00"))
+            if dt.tzinfo is not None:
+                dt = dt.astimezone(UTC).replace(tzinfo=None)
+            return dt.isoformat(timespec="milliseconds") + "Z"
+        if isinstance(value, int | float | str):
             seconds = float(value)
             if seconds > 1e11:
                 seconds /= 1000.0
             return rfc3339(seconds)
-        if not isinstance(value, str):
-            return None
-        dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     except (ValueError, OverflowError, OSError):
         return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return rfc3339(dt.timestamp())
+    return None
 
 
 def address(value: object, region: str | None) -> tuple[str | None, AddressKind | None]:

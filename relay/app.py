@@ -98,11 +98,11 @@ def create_app(service: Service) -> Starlette:
         return _json(200, {"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        ready, body = service.readiness()
+        ready, body = await service.readiness()
         return _json(200 if ready else 503, {"ready": ready, **body})
 
     async def metrics_endpoint(request: Request) -> Response:
-        service.readiness()  # refreshes the spool gauges
+        await service.readiness()  # refreshes the spool gauges
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @asynccontextmanager

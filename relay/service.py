@@ -174,9 +174,12 @@ class Service:
                           body=req.body)
         return await self.spool.append(raw)
 
-    def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Whether relay can take postbacks now, and why (the /readyz body)."""
-        stats = self.spool.stats()
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether relay can take postbacks now, and why (the /readyz body).
+
+        The counts are read in a thread: the event loop serves acks meanwhile.
+        """
+        stats = await asyncio.to_thread(self.spool.stats)
         self.metrics.backlog.set(stats.pending)
         self.metrics.spool_bytes.set(stats.bytes)
         spool_ok = self.spool.broken is None and stats.bytes < self.spool.max_bytes

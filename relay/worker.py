@@ -30,10 +30,13 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import pickle
 import signal
+import struct
 from collections.abc import Iterable, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 from relay.errors import SpoolUnavailable
 from relay.observability import Metrics, configure_logging, get_logger
@@ -80,6 +83,42 @@ class ForwardingReporter:
         self._send("kafka", connected, problem)
 
 
+class Frames:
+    """Messages read from a pipe that a :class:`Connection` writes into, without blocking.
+
+    The fd is made non-blocking (an event loop watches it; uvloop would do so anyway), so
+    ``Connection.recv`` could meet half a message (writes over 4 KiB are not atomic) and
+    fail. This reads what is there and yields only whole frames: a 4-byte big-endian length, then a pickle
+    (``Connection.send``'s format).
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        os.set_blocking(fd, False)
+        self.buffer = bytearray()
+        self.closed = False
+
+    def read(self) -> list[Any]:
+        """The whole messages available now (``closed`` is set at end of file)."""
+        while True:
+            try:
+                chunk = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                break
+            if not chunk:
+                self.closed = True
+                break
+            self.buffer += chunk
+        messages = []
+        while len(self.buffer) >= 4:
+            (size,) = struct.unpack("!i", self.buffer[:4])
+            if len(self.buffer) < 4 + size:
+                break
+            messages.append(pickle.loads(self.buffer[4:4 + size]))  # noqa: S301 (our child)
+            del self.buffer[:4 + size]
+        return messages
+
+
 # --- the child --------------------------------------------------------------------------------
 
 
@@ -89,7 +128,7 @@ class RemoteStore:
     def __init__(self, spool: Spool, requests: Connection, replies: Connection) -> None:
         self.spool = spool
         self.requests = requests
-        self.replies = replies
+        self.replies = Frames(replies.fileno())
         self._waiting: dict[int, asyncio.Future[None]] = {}
         self._next = 0
 
@@ -114,16 +153,19 @@ class RemoteStore:
     def on_reply(self) -> None:
         """Resolve the requests the parent answered (the replies pipe is readable)."""
         try:
-            while self.replies.poll():
-                kind, number, error = self.replies.recv()
-                future = self._waiting.pop(number, None)
-                if future is None or future.done():
-                    continue
-                if kind == "ok":
-                    future.set_result(None)
-                else:
-                    future.set_exception(SpoolUnavailable(str(error)))
-        except (EOFError, OSError):
+            messages = self.replies.read()
+        except OSError:
+            messages = []
+            self.replies.closed = True
+        for kind, number, error in messages:
+            future = self._waiting.pop(number, None)
+            if future is None or future.done():
+                continue
+            if kind == "ok":
+                future.set_result(None)
+            else:
+                future.set_exception(SpoolUnavailable(str(error)))
+        if self.replies.closed:
             self.fail_all("parent gone")
 
     def fail_all(self, reason: str) -> None:
@@ -204,6 +246,7 @@ class Worker:
         self._process: BaseProcess | None = None
         self._wake_fd: int | None = None
         self._reports: Connection | None = None
+        self._frames: Frames | None = None
         self._replies: Connection | None = None
         self._completing: set[asyncio.Task[None]] = set()
         self._watch: asyncio.Task[None] | None = None
@@ -225,6 +268,7 @@ class Worker:
         wake_write.close()
         os.set_blocking(self._wake_fd, False)
         self._reports = report_read
+        self._frames = Frames(report_read.fileno())
         asyncio.get_running_loop().add_reader(report_read.fileno(), self._read_reports)
         self._process = process
         self.wake()  # rows may be pending from before
@@ -235,6 +279,7 @@ class Worker:
                 asyncio.get_running_loop().remove_reader(self._reports.fileno())
             self._reports.close()
             self._reports = None
+            self._frames = None
         if self._wake_fd is not None:
             os.close(self._wake_fd)
             self._wake_fd = None
@@ -243,22 +288,24 @@ class Worker:
             self._replies = None
 
     def _read_reports(self) -> None:
-        conn = self._reports
-        if conn is None:
+        frames = self._frames
+        if frames is None:
             return
         try:
-            while conn.poll():
-                name, *args = conn.recv()
-                if name == "complete":
-                    task = asyncio.get_running_loop().create_task(
-                        self._complete(self._replies, *args))
-                    self._completing.add(task)
-                    task.add_done_callback(self._completing.discard)
-                elif name in REPORTS:
-                    getattr(self.metrics, name)(*args)
-        except (EOFError, OSError):
+            messages = frames.read()
+        except OSError:
+            messages, frames.closed = [], True
+        for name, *args in messages:
+            if name == "complete":
+                task = asyncio.get_running_loop().create_task(
+                    self._complete(self._replies, *args))
+                self._completing.add(task)
+                task.add_done_callback(self._completing.discard)
+            elif name in REPORTS:
+                getattr(self.metrics, name)(*args)
+        if frames.closed:  # the child is gone; the watchdog starts a new one
             with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(conn.fileno())
+                asyncio.get_running_loop().remove_reader(frames.fd)
 
     async def _complete(self, replies: Connection | None, number: int,
                         outcomes: list[Outcome], now: float | None) -> None:

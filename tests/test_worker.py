@@ -23,8 +23,31 @@ from harness import (
 from test_e2e import ENV, _write_config, dlr
 
 from relay.service import Service
+from relay.worker import Frames
 
-pytestmark = pytest.mark.kafka
+
+def test_frames_wait_for_whole_messages() -> None:
+    """A message written in pieces (as pipes split large writes) is read only once whole."""
+    import multiprocessing
+    import pickle
+    import struct
+
+    read, write = multiprocessing.Pipe(duplex=False)
+    os.set_blocking(read.fileno(), False)
+    frames = Frames(read.fileno())
+    payload = pickle.dumps(("complete", 1, ["x" * 30_000], None))
+    frame = struct.pack("!i", len(payload)) + payload
+    assert frames.read() == []
+    os.write(write.fileno(), frame[:5000])
+    assert frames.read() == []
+    os.write(write.fileno(), frame[5000:] + frame)
+    assert frames.read() == [("complete", 1, ["x" * 30_000], None)] * 2
+    write.send(("kafka", True, None))
+    assert frames.read() == [("kafka", True, None)]
+    write.close()
+    assert frames.read() == [] and frames.closed
+
+
 AUTH = basic("relay", "s3cret-for-tests")
 BW = {"name": "bw", "provider": "bandwidth",
       "basic_auth": {"username": "relay", "password": "env:BW_PASS"}}
@@ -48,6 +71,7 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.kafka
 async def test_publisher_runs_in_its_own_process_and_reports_metrics(
         kafka_bootstrap: str, tmp_path: Path) -> None:
     """Publishing happens in a child process, and its counts show in the parent's /metrics."""
@@ -68,6 +92,7 @@ async def test_publisher_runs_in_its_own_process_and_reports_metrics(
         assert (await client.get("/readyz")).json()["kafka"] == "connected"
 
 
+@pytest.mark.kafka
 async def test_dead_publisher_is_restarted_and_nothing_is_lost(
         kafka_bootstrap: str, tmp_path: Path) -> None:
     """Killing the publisher process loses nothing: a new one publishes what arrives next."""
@@ -89,6 +114,7 @@ async def test_dead_publisher_is_restarted_and_nothing_is_lost(
     assert sorted(r.key for r in records) == sorted(f"msg-{n}".encode() for n in range(20))
 
 
+@pytest.mark.kafka
 def test_publisher_exits_when_relay_is_killed(kafka_bootstrap: str, tmp_path: Path) -> None:
     """After kill -9 of relay, its publisher process notices and exits by itself."""
     proc = RelayProcess(_write_config(tmp_path, kafka_bootstrap, unique_prefix()), free_port(),

@@ -32,10 +32,11 @@ Invariants
 Group commit
 ------------
 All writes go through one writer thread that owns the write connection. Requests queue
-an operation and await a future; the thread takes everything queued, runs it in one
-transaction, commits once (one fsync for the whole group) and resolves the futures. The
-event loop never blocks on the disk. Reads use a second connection (WAL readers do not
-block the writer).
+an operation and await a future; the thread takes every queued append, runs them in one
+transaction, commits once (one fsync for the whole group) and resolves the futures. Other
+writes (completions, in chunks of 64 rows, and pruning) run in transactions of their own
+when no append is waiting, so an ack never waits behind them. The event loop never
+blocks on the disk. Reads use a second connection (WAL readers do not block the writer).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -156,17 +157,18 @@ class DeadLetter:
 
 
 class _Op:
-    __slots__ = ("fn", "future", "loop", "notify")
+    __slots__ = ("append", "fn", "future", "loop", "notify")
 
     def __init__(self, fn: Callable[[sqlite3.Connection], Any],
                  future: asyncio.Future[Any] | None = None,
                  loop: asyncio.AbstractEventLoop | None = None,
                  notify: Callable[[Any, BaseException | None], None] | None = None,
-                 ) -> None:
+                 append: bool = False) -> None:
         self.fn = fn
         self.future = future
         self.loop = loop
         self.notify = notify
+        self.append = append
 
 
 _STOP = object()
@@ -235,27 +237,40 @@ class Spool:
 
     # --- the writer thread ----------------------------------------------------------------
 
+    def _take(self, block: bool) -> tuple[list[_Op], list[_Op], bool]:
+        """Everything queued: (appends, other writes, stop seen)."""
+        appends: list[_Op] = []
+        others: list[_Op] = []
+        stop = False
+        while len(appends) + len(others) < self.max_group:
+            try:
+                item = self._queue.get() if block else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            block = False
+            if item is _STOP:
+                stop = True
+                break
+            assert isinstance(item, _Op)
+            (appends if item.append else others).append(item)
+        return appends, others, stop
+
     def _run(self) -> None:
+        """Appends first, in one commit; other writes (completions, pruning) one per
+        transaction after, each only once no append is waiting: an ack never waits for a
+        big completion to be written."""
         conn = self._writer
         assert conn is not None
-        while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            group: list[_Op] = [first]  # type: ignore[list-item]
-            stop = False
-            while len(group) < self.max_group:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop = True
-                    break
-                group.append(item)  # type: ignore[arg-type]
-            self._commit_group(conn, group)
-            if stop:
-                return
+        backlog: list[_Op] = []
+        stop = False
+        while not (stop and not backlog):
+            appends, others, stopped = self._take(block=not backlog and not stop)
+            stop = stop or stopped
+            backlog.extend(others)
+            if appends:
+                self._commit_group(conn, appends)
+            elif backlog:
+                self._commit_group(conn, [backlog.pop(0)])
 
     def _commit_group(self, conn: sqlite3.Connection, group: list[_Op]) -> None:
         results: list[tuple[_Op, Any, BaseException | None]] = []
@@ -289,12 +304,12 @@ class Spool:
             with contextlib.suppress(RuntimeError):  # loop already closed
                 loop.call_soon_threadsafe(_resolve, items, self.on_commit)
 
-    async def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _submit(self, fn: Callable[[sqlite3.Connection], T], append: bool = False) -> T:
         if self._thread is None:
             raise SpoolUnavailable("spool is not open")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Op(fn, future, loop))
+        self._queue.put(_Op(fn, future, loop, append=append))
         return await future
 
     def _submit_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -338,16 +353,21 @@ class Spool:
         Raises :class:`SpoolUnavailable` if the spool is over its size cap or the disk
         refuses the write.
         """
-        return await self._submit(self._insert(raw))
+        return await self._submit(self._insert(raw), append=True)
 
     def append_sync(self, raw: RawPostback) -> int:
         """:meth:`append` for code without an event loop (tests, tools)."""
         return self._submit_sync(self._insert(raw))
 
     async def complete(self, outcomes: Sequence[Outcome], now: float | None = None) -> None:
-        """Record that Kafka acknowledged everything derived from these rows."""
+        """Record that Kafka acknowledged everything derived from these rows.
+
+        Written in chunks, each its own short transaction, so appends slip in between.
+        """
         stamp = time.time() if now is None else now
-        await self._submit(lambda conn: _complete(conn, outcomes, stamp))
+        chunks = [outcomes[i:i + 64] for i in range(0, len(outcomes), 64)]
+        await asyncio.gather(*(self._submit(partial(_complete, outcomes=chunk, stamp=stamp))
+                               for chunk in chunks))
 
     def complete_sync(self, outcomes: Sequence[Outcome], now: float | None = None) -> None:
         """:meth:`complete` for code without an event loop (replay)."""

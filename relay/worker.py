@@ -88,7 +88,8 @@ class Frames:
 
     The fd is made non-blocking (an event loop watches it; uvloop would do so anyway), so
     ``Connection.recv`` could meet half a message (writes over 4 KiB are not atomic) and
-    fail. This reads what is there and yields only whole frames: a 4-byte big-endian length, then a pickle
+    fail. This reads what is there and yields only whole frames: a 4-byte big-endian
+    length, then a pickle
     (``Connection.send``'s format).
     """
 

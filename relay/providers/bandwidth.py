@@ -78,58 +78,52 @@ def _event(item: object, raw: RawPostback, ctx: SourceContext, received_at: str)
     if not isinstance(message, dict):
         raise NormalisationError(f"callback {kind!r} has no 'message' object")
     status, final = status_of(NAME, kind)
-    if kind is None or (kind not in INBOUND_TYPES and status == "unknown"):
+    inbound = kind in INBOUND_TYPES
+    if kind is None or (not inbound and status == "unknown"):
         raise NormalisationError(f"unknown Bandwidth callback type {kind!r}")
     msg_id = text(message.get("id"))
     region = ctx.default_region
     recipients = _list(message.get("to"))
-    participants = tuple(a for a in (address(r, region)[0] for r in recipients) if a)
+    participants: tuple[str, ...] = ()
+    if len(recipients) > 1:  # a group message: every number on the thread
+        participants = tuple(a for a in (address(r, region)[0] for r in recipients) if a)
+        participants = participants if len(participants) > 1 else ()
     top_to = text(item.get("to")) or text(message.get("owner"))
     to, to_kind = address(top_to, region)
     sender, from_kind = address(message.get("from"), region)
     carrier_name = text(item.get("carrierName"))
-    common: dict[str, Any] = {
-        "source": ctx.name,
-        "provider": NAME,
-        "channel": _channel(message),
-        "message_id": msg_id,
-        "provider_status": kind,
-        "from_": sender,
-        "to": to,
-        "from_kind": from_kind,
-        "to_kind": to_kind,
-        "occurred_at": timestamp(item.get("time")),
-        "received_at": received_at,
-        "raw_id": raw.id,
-        "client_ref": text(message.get("tag")),
-        "segments": integer(message.get("segmentCount")),
-        "carrier": Carrier(name=carrier_name) if carrier_name else None,
-        "participants": participants if len(participants) > 1 else (),
-    }
-    if kind in INBOUND_TYPES:
-        media = _list(message.get("media"))
+    carrier = Carrier(name=carrier_name) if carrier_name else None
+    if inbound:
         body = text(message.get("text"))
         if kind == "suggestion-response":
             response = message.get("suggestionResponse")
             body = text(response.get("text")) if isinstance(response, dict) else body
+        media = tuple(Media(url=u) for u in _list(message.get("media")) if isinstance(u, str))
         return Event(
-            id=event_id(NAME, "inbound", msg_id), type="inbound_message", status=None,
-            final=False, text=body, media=tuple(Media(url=u) for u in media if isinstance(u, str)),
-            **common,
-        )
+            id=event_id(NAME, "inbound", msg_id), type="inbound_message", source=ctx.name,
+            provider=NAME, channel=_channel(message), message_id=msg_id, status=None,
+            final=False, provider_status=kind, from_=sender, to=to,
+            occurred_at=timestamp(item.get("time")), received_at=received_at, raw_id=raw.id,
+            client_ref=text(message.get("tag")), text=body, media=media,
+            segments=integer(message.get("segmentCount")), carrier=carrier,
+            from_kind=from_kind, to_kind=to_kind, participants=participants)
     status, final, flags = _receipt_status(item, kind, status, final)
     code = integer(item.get("errorCode"))
     error = None
+    provider_status = kind
     if kind == "message-failed" or code is not None:
         error = ErrorInfo(code=str(code) if code is not None else "",
                           description=text(item.get("description")))
-    if kind == "message-failed" and code is not None:
-        common["provider_status"] = f"{kind}:{code}"
+        if kind == "message-failed" and code is not None:
+            provider_status = f"{kind}:{code}"
     return Event(
         id=event_id(NAME, kind, msg_id, top_to, text(item.get("time")), code),
-        type="delivery_receipt", status=status, final=final, error=error, flags=flags,
-        **common,
-    )
+        type="delivery_receipt", source=ctx.name, provider=NAME, channel=_channel(message),
+        message_id=msg_id, status=status, final=final, provider_status=provider_status,
+        from_=sender, to=to, occurred_at=timestamp(item.get("time")), received_at=received_at,
+        raw_id=raw.id, client_ref=text(message.get("tag")), error=error,
+        segments=integer(message.get("segmentCount")), carrier=carrier, from_kind=from_kind,
+        to_kind=to_kind, participants=participants, flags=flags)
 
 
 def normalise(raw: RawPostback, ctx: SourceContext) -> list[Output]:

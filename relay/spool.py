@@ -33,9 +33,10 @@ Group commit
 ------------
 All writes go through one writer thread that owns the write connection. Requests queue
 an operation and await a future; the thread takes every queued append, inserts them in
-one transaction (multi-row INSERTs, 200 rows a statement), commits once (one fsync for the whole group) and resolves the futures. Other
-writes (completions, in chunks of 64 rows, and pruning) run in transactions of their own
-when no append is waiting, so an ack never waits behind them. The event loop never
+one transaction (multi-row INSERTs, 200 rows a statement), commits once (one fsync for
+the whole group) and resolves the futures. Other writes (completions, in chunks of 64
+rows, and pruning) run in transactions of their own when no append is waiting, so an ack
+never waits behind them. The event loop never
 blocks on the disk. Reads use a second connection (WAL readers do not block the writer).
 """
 

@@ -181,6 +181,7 @@ class _Op:
 
 
 _STOP = object()
+_Result = tuple[_Op, Any, BaseException | None]
 
 
 class Spool:
@@ -281,25 +282,43 @@ class Spool:
             elif backlog:
                 self._commit_group(conn, [backlog.pop(0)])
 
+    def _transact(self, conn: sqlite3.Connection, group: list[_Op],
+                  work: Callable[[sqlite3.Connection], list[_Result]]) -> None:
+        """Run ``work`` in one transaction and hand out its results; if the database fails,
+        roll back, restore the byte count and fail every op of the group."""
+        size_before = self._bytes
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            results = work(conn)
+            conn.execute("COMMIT")
+            self._broken = None
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            self._bytes = size_before
+            self._broken = f"{type(exc).__name__}: {exc}"
+            error = SpoolUnavailable(f"spool write failed: {exc}")
+            results = [(op, None, error) for op in group]
+        self._deliver(results)
+
     def _commit_appends(self, conn: sqlite3.Connection, group: list[_Op]) -> None:
         """Insert a group of appends with multi-row INSERTs and commit once.
 
         One statement per 200 rows, not one per row: each statement lets go of the GIL
         once, and every time it does, the writer may wait for the event loop to give it back.
         """
-        size_before = self._bytes
-        results: list[tuple[_Op, Any, BaseException | None]] = []
-        accepted: list[_Op] = []
-        for op in group:
-            assert op.row is not None
-            if self._bytes + op.row[8] > self.max_bytes:
-                results.append((op, None, SpoolUnavailable("spool is over its size cap",
-                                                           retry_after=30)))
-            else:
-                self._bytes += op.row[8]
-                accepted.append(op)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+
+        def work(conn: sqlite3.Connection) -> list[_Result]:
+            results: list[_Result] = []
+            accepted: list[_Op] = []
+            for op in group:
+                assert op.row is not None
+                if self._bytes + op.row[8] > self.max_bytes:
+                    results.append((op, None, SpoolUnavailable("spool is over its size cap",
+                                                               retry_after=30)))
+                else:
+                    self._bytes += op.row[8]
+                    accepted.append(op)
             for start in range(0, len(accepted), _ROWS_PER_INSERT):
                 chunk = accepted[start:start + _ROWS_PER_INSERT]
                 cur = conn.execute(_insert_many(len(chunk)),
@@ -307,44 +326,30 @@ class Spool:
                 last = int(cur.lastrowid or 0)  # rowids of one INSERT are consecutive
                 results.extend((op, last - len(chunk) + 1 + i, None)
                                for i, op in enumerate(chunk))
-            conn.execute("COMMIT")
-            self._broken = None
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            self._bytes = size_before
-            self._broken = f"{type(exc).__name__}: {exc}"
-            error = SpoolUnavailable(f"spool write failed: {exc}")
-            results = [(op, None, error) for op in group]
-        self._deliver(results)
+            return results
+
+        self._transact(conn, group, work)
 
     def _commit_group(self, conn: sqlite3.Connection, group: list[_Op]) -> None:
-        results: list[tuple[_Op, Any, BaseException | None]] = []
-        size_before = self._bytes
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+        """Run other writes (completions, pruning) in one transaction."""
+
+        def work(conn: sqlite3.Connection) -> list[_Result]:
+            results: list[_Result] = []
             for op in group:
                 assert op.fn is not None
                 try:
                     results.append((op, op.fn(conn), None))
                 except sqlite3.Error:
                     raise  # the disk or database failed: the whole group fails
-                except Exception as exc:  # this op refused (over cap...); others go on
+                except Exception as exc:  # this op refused; the others go on
                     results.append((op, None, exc))
-            conn.execute("COMMIT")
-            self._broken = None
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            self._bytes = size_before
-            self._broken = f"{type(exc).__name__}: {exc}"
-            error = SpoolUnavailable(f"spool write failed: {exc}")
-            results = [(op, None, error) for op in group]
-        self._deliver(results)
+            return results
 
-    def _deliver(self, results: list[tuple[_Op, Any, BaseException | None]]) -> None:
+        self._transact(conn, group, work)
+
+    def _deliver(self, results: list[_Result]) -> None:
         """Hand each result to its waiter: one callback per event loop per group."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Op, Any, BaseException | None]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Result]] = {}
         for item in results:
             op = item[0]
             if op.notify is not None:
@@ -544,7 +549,7 @@ def _complete(conn: sqlite3.Connection, outcomes: Sequence[Outcome], stamp: floa
     )
 
 
-def _resolve(items: list[tuple[_Op, Any, BaseException | None]],
+def _resolve(items: list[_Result],
              on_commit: Callable[[], None] | None) -> None:
     for op, value, error in items:
         future = op.future

@@ -31,20 +31,28 @@ Invariants
 
 Group commit
 ------------
-All writes go through one writer thread that owns the write connection. Requests queue
-an operation and await a future; the thread takes every queued append, inserts them in
-one transaction (multi-row INSERTs, 200 rows a statement), commits once (one fsync for
-the whole group) and resolves the futures. Other writes (completions, in chunks of 64
-rows, and pruning) run in transactions of their own when no append is waiting, so an ack
-never waits behind them. The event loop never
-blocks on the disk. Reads use a second connection (WAL readers do not block the writer).
+Writes are made on the event loop that asks for them, on one write connection. A write
+is queued and its future awaited; the first one queued schedules a flush with
+``call_soon``, which runs once the callbacks already ready have run: every request
+handled in that loop iteration has queued its append by then. The flush inserts the
+appends (multi-row INSERTs, 200 rows a statement), runs the other queued writes
+(completions from the publisher), commits once (one fsync for the whole group) and
+resolves the futures. No thread hand-off: a writer thread had to win the GIL back from
+the busy event loop after every fsync, which cost acks milliseconds.
+
+The loop does block for the commit (an fsync, about 0.3 ms here); a request that arrives
+meanwhile waits in the socket buffer and joins the next group. What could block it for
+long runs elsewhere: WAL checkpoints run every second on a thread of their own
+connection (``wal_autocheckpoint`` is off; a PASSIVE checkpoint never blocks a commit),
+and pruning runs in a thread in transactions of at most 500 rows. A lock serialises
+transactions from threads (pruning, CLI tools) with the loop's flushes. Reads use a
+second connection (WAL readers do not block the writer).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
 import sqlite3
 import threading
 import time
@@ -93,6 +101,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 _COLUMNS = "id, source, received_at, remote_addr, method, path, query, headers, body"
 _ROWS_PER_INSERT = 200  # 9 parameters a row: well under SQLite's 32,766
+_PRUNE_CHUNK = 500  # rows a prune transaction deletes at most
 
 
 @lru_cache(maxsize=_ROWS_PER_INSERT)
@@ -163,47 +172,46 @@ class DeadLetter:
 
 
 class _Op:
-    """A queued write: ``fn`` to run, or (an append) ``row`` to insert."""
+    """A write in a group: ``fn`` to run, or (an append) ``row`` to insert."""
 
-    __slots__ = ("append", "fn", "future", "loop", "notify", "row")
+    __slots__ = ("append", "fn", "future", "row")
 
     def __init__(self, fn: Callable[[sqlite3.Connection], Any] | None,
                  future: asyncio.Future[Any] | None = None,
-                 loop: asyncio.AbstractEventLoop | None = None,
-                 notify: Callable[[Any, BaseException | None], None] | None = None,
                  row: tuple[Any, ...] | None = None) -> None:
         self.fn = fn
         self.future = future
-        self.loop = loop
-        self.notify = notify
         self.row = row
         self.append = row is not None
 
 
-_STOP = object()
 _Result = tuple[_Op, Any, BaseException | None]
 
 
 class Spool:
     """The spool database; open with :meth:`open`, close with :meth:`close`."""
 
-    def __init__(self, directory: Path, max_bytes: int, *, max_group: int = 1024,
-                 on_commit: Callable[[], None] | None = None) -> None:
+    def __init__(self, directory: Path, max_bytes: int, *,
+                 on_commit: Callable[[], None] | None = None,
+                 checkpoint_interval: float = 1.0) -> None:
         self.path = Path(directory) / "spool.db"
         self.max_bytes = max_bytes
-        self.max_group = max_group
         self.on_commit = on_commit
-        self._queue: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self.checkpoint_interval = checkpoint_interval
+        self._lock = threading.Lock()  # held for each transaction on the write connection
+        self._group: list[_Op] = []  # writes queued on the event loop for the next flush
+        self._flush_scheduled = False
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._closing = threading.Event()
         self._bytes = 0
         self._broken: str | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
     def open_reader(self) -> Spool:
-        """Open for reading only (no writer thread): the publisher process's view.
+        """Open for reading only (no writes): the publisher process's view.
 
         The database must exist; writes go through the process that opened it with
         :meth:`open`, so there is one writer and commits never wait on another process.
@@ -212,27 +220,38 @@ class Spool:
         return self
 
     def open(self) -> Spool:
-        """Create or open the database and start the writer thread."""
+        """Create or open the database and start the checkpoint thread."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = connect(self.path)
         self._writer.executescript(_SCHEMA)
         self._writer.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (FORMAT_VERSION,))
+        self._writer.execute("PRAGMA wal_autocheckpoint=0")  # the checkpoint thread does it
         self._bytes = self._writer.execute("SELECT coalesce(sum(size), 0) FROM raw").fetchone()[0]
         self._reader = connect(self.path)
-        self._thread = threading.Thread(target=self._run, name="relay-spool-writer", daemon=True)
-        self._thread.start()
+        self._closing.clear()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop,
+                                              name="relay-spool-checkpoint", daemon=True)
+        self._checkpointer.start()
         return self
 
     def close(self) -> None:
-        """Finish queued writes, stop the writer thread, close the connections."""
-        if self._thread is not None:
-            self._queue.put(_STOP)
-            self._thread.join()
-            self._thread = None
-        for conn in (self._writer, self._reader):
-            if conn is not None:
-                conn.close()
-        self._writer = self._reader = None
+        """Stop the checkpoint thread, checkpoint, close the connections.
+
+        Writes still queued on an event loop fail with :class:`SpoolUnavailable` when
+        their flush runs.
+        """
+        self._closing.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join()
+            self._checkpointer = None
+        with self._lock:
+            if self._writer is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            for conn in (self._writer, self._reader):
+                if conn is not None:
+                    conn.close()
+            self._writer = self._reader = None
 
     def __enter__(self) -> Spool:
         return self.open()
@@ -245,145 +264,116 @@ class Spool:
         """Bytes of postbacks held (bodies plus kept headers)."""
         return self._bytes
 
-    # --- the writer thread ----------------------------------------------------------------
-
-    def _take(self, block: bool) -> tuple[list[_Op], list[_Op], bool]:
-        """Everything queued: (appends, other writes, stop seen)."""
-        appends: list[_Op] = []
-        others: list[_Op] = []
-        stop = False
-        while len(appends) + len(others) < self.max_group:
-            try:
-                item = self._queue.get() if block else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            block = False
-            if item is _STOP:
-                stop = True
-                break
-            assert isinstance(item, _Op)
-            (appends if item.append else others).append(item)
-        return appends, others, stop
-
-    def _run(self) -> None:
-        """Appends first, in one commit; other writes (completions, pruning) one per
-        transaction after, each only once no append is waiting: an ack never waits for a
-        big completion to be written."""
-        conn = self._writer
-        assert conn is not None
-        backlog: list[_Op] = []
-        stop = False
-        while not (stop and not backlog):
-            appends, others, stopped = self._take(block=not backlog and not stop)
-            stop = stop or stopped
-            backlog.extend(others)
-            if appends:
-                self._commit_appends(conn, appends)
-            elif backlog:
-                self._commit_group(conn, [backlog.pop(0)])
-
-    def _transact(self, conn: sqlite3.Connection, group: list[_Op],
-                  work: Callable[[sqlite3.Connection], list[_Result]]) -> None:
-        """Run ``work`` in one transaction and hand out its results; if the database fails,
-        roll back, restore the byte count and fail every op of the group."""
-        size_before = self._bytes
+    def _checkpoint_loop(self) -> None:
+        """Copy the WAL into the database every ``checkpoint_interval`` s, on a connection
+        of its own (a PASSIVE checkpoint never blocks a commit), so no ack pays for it."""
+        conn = connect(self.path)
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            results = work(conn)
-            conn.execute("COMMIT")
-            self._broken = None
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            self._bytes = size_before
-            self._broken = f"{type(exc).__name__}: {exc}"
-            error = SpoolUnavailable(f"spool write failed: {exc}")
-            results = [(op, None, error) for op in group]
-        self._deliver(results)
+            while not self._closing.wait(self.checkpoint_interval):
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
 
-    def _commit_appends(self, conn: sqlite3.Connection, group: list[_Op]) -> None:
-        """Insert a group of appends with multi-row INSERTs and commit once.
+    # --- group commit -----------------------------------------------------------------------
 
-        One statement per 200 rows, not one per row: each statement lets go of the GIL
-        once, and every time it does, the writer may wait for the event loop to give it back.
-        """
+    def _transact(self, group: list[_Op]) -> list[_Result]:
+        """Run a group in one transaction (appends first) and commit once; if the database
+        fails, roll back, restore the byte count and fail every op of the group."""
+        with self._lock:
+            conn = self._writer
+            if conn is None:
+                closed = SpoolUnavailable("spool is not open")
+                return [(op, None, closed) for op in group]
+            size_before = self._bytes
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                results = self._insert(conn, [op for op in group if op.append])
+                results.extend(self._run_ops(conn, [op for op in group if not op.append]))
+                conn.execute("COMMIT")
+                self._broken = None
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                self._bytes = size_before
+                self._broken = f"{type(exc).__name__}: {exc}"
+                error = SpoolUnavailable(f"spool write failed: {exc}")
+                results = [(op, None, error) for op in group]
+        return results
 
-        def work(conn: sqlite3.Connection) -> list[_Result]:
-            results: list[_Result] = []
-            accepted: list[_Op] = []
-            for op in group:
-                assert op.row is not None
-                if self._bytes + op.row[8] > self.max_bytes:
-                    results.append((op, None, SpoolUnavailable("spool is over its size cap",
-                                                               retry_after=30)))
-                else:
-                    self._bytes += op.row[8]
-                    accepted.append(op)
-            for start in range(0, len(accepted), _ROWS_PER_INSERT):
-                chunk = accepted[start:start + _ROWS_PER_INSERT]
-                cur = conn.execute(_insert_many(len(chunk)),
-                                   [value for op in chunk for value in op.row])  # type: ignore[union-attr]
-                last = int(cur.lastrowid or 0)  # rowids of one INSERT are consecutive
-                results.extend((op, last - len(chunk) + 1 + i, None)
-                               for i, op in enumerate(chunk))
-            return results
+    def _insert(self, conn: sqlite3.Connection, appends: list[_Op]) -> list[_Result]:
+        """Insert appends with multi-row INSERTs (200 rows a statement); refuse those over
+        the size cap."""
+        results: list[_Result] = []
+        accepted: list[_Op] = []
+        for op in appends:
+            assert op.row is not None
+            if self._bytes + op.row[8] > self.max_bytes:
+                results.append((op, None, SpoolUnavailable("spool is over its size cap",
+                                                           retry_after=30)))
+            else:
+                self._bytes += op.row[8]
+                accepted.append(op)
+        for start in range(0, len(accepted), _ROWS_PER_INSERT):
+            chunk = accepted[start:start + _ROWS_PER_INSERT]
+            cur = conn.execute(_insert_many(len(chunk)),
+                               [value for op in chunk for value in op.row])  # type: ignore[union-attr]
+            last = int(cur.lastrowid or 0)  # rowids of one INSERT are consecutive
+            results.extend((op, last - len(chunk) + 1 + i, None) for i, op in enumerate(chunk))
+        return results
 
-        self._transact(conn, group, work)
-
-    def _commit_group(self, conn: sqlite3.Connection, group: list[_Op]) -> None:
-        """Run other writes (completions, pruning) in one transaction."""
-
-        def work(conn: sqlite3.Connection) -> list[_Result]:
-            results: list[_Result] = []
-            for op in group:
-                assert op.fn is not None
-                try:
-                    results.append((op, op.fn(conn), None))
-                except sqlite3.Error:
-                    raise  # the disk or database failed: the whole group fails
-                except Exception as exc:  # this op refused; the others go on
-                    results.append((op, None, exc))
-            return results
-
-        self._transact(conn, group, work)
-
-    def _deliver(self, results: list[_Result]) -> None:
-        """Hand each result to its waiter: one callback per event loop per group."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[_Result]] = {}
-        for item in results:
-            op = item[0]
-            if op.notify is not None:
-                op.notify(item[1], item[2])
-            elif op.loop is not None:
-                by_loop.setdefault(op.loop, []).append(item)
-        for loop, items in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # loop already closed
-                loop.call_soon_threadsafe(_resolve, items, self.on_commit)
+    @staticmethod
+    def _run_ops(conn: sqlite3.Connection, ops: list[_Op]) -> list[_Result]:
+        """Other writes (completions, marks); a database error fails the whole group."""
+        results: list[_Result] = []
+        for op in ops:
+            assert op.fn is not None
+            try:
+                results.append((op, op.fn(conn), None))
+            except sqlite3.Error:
+                raise
+            except Exception as exc:  # this op refused; the others go on
+                results.append((op, None, exc))
+        return results
 
     async def _submit(self, fn: Callable[[sqlite3.Connection], T] | None,
                       row: tuple[Any, ...] | None = None) -> T:
-        if self._thread is None:
+        """Queue a write for this loop's next flush and wait until it is committed."""
+        if self._writer is None:
             raise SpoolUnavailable("spool is not open")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Op(fn, future, loop, row=row))
+        self._group.append(_Op(fn, future, row=row))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
         return await future
+
+    def _flush(self) -> None:
+        """Commit every write queued since the last flush, in one transaction (one fsync).
+
+        Runs on the event loop after the callbacks that were ready when the first write
+        was queued, so all the requests handled in one loop iteration share one commit.
+        """
+        self._flush_scheduled = False
+        group, self._group = self._group, []
+        for op, value, error in self._transact(group):
+            future = op.future
+            if future is None or future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(value)
+        if self.on_commit is not None:
+            self.on_commit()
 
     def _submit_sync(self, fn: Callable[[sqlite3.Connection], T] | None,
                      row: tuple[Any, ...] | None = None) -> T:
-        """Run a write from a thread without an event loop (CLI tools), once committed."""
-        if self._thread is None:
+        """Run a write in its own transaction from any thread (CLI tools, replay)."""
+        if self._writer is None:
             raise SpoolUnavailable("spool is not open")
-        done = threading.Event()
-        box: list[tuple[Any, BaseException | None]] = []
-
-        def notify(value: Any, error: BaseException | None) -> None:
-            box.append((value, error))
-            done.set()
-
-        self._queue.put(_Op(fn, notify=notify, row=row))
-        done.wait()
-        value, error = box[0]
+        ((_, value, error),) = self._transact([_Op(fn, row=row)])
         if error is not None:
             raise error
         return value  # type: ignore[no-any-return]
@@ -409,14 +399,10 @@ class Spool:
         return self._submit_sync(None, row=self._row(raw))
 
     async def complete(self, outcomes: Sequence[Outcome], now: float | None = None) -> None:
-        """Record that Kafka acknowledged everything derived from these rows.
-
-        Written in chunks, each its own short transaction, so appends slip in between.
-        """
+        """Record that Kafka acknowledged everything derived from these rows (in the same
+        transaction as the appends queued with it)."""
         stamp = time.time() if now is None else now
-        chunks = [outcomes[i:i + 64] for i in range(0, len(outcomes), 64)]
-        await asyncio.gather(*(self._submit(partial(_complete, outcomes=chunk, stamp=stamp))
-                               for chunk in chunks))
+        await self._submit(partial(_complete, outcomes=outcomes, stamp=stamp))
 
     def complete_sync(self, outcomes: Sequence[Outcome], now: float | None = None) -> None:
         """:meth:`complete` for code without an event loop (replay)."""
@@ -424,22 +410,35 @@ class Spool:
         self._submit_sync(lambda conn: _complete(conn, outcomes, stamp))
 
     async def prune(self, *, older_than: float, seen_before: float) -> int:
-        """Delete published/dead rows received before ``older_than`` and old seen ids."""
-        return await self._submit(lambda conn: self._prune(conn, older_than, seen_before))
+        """Delete published/dead rows received before ``older_than`` and old seen ids.
+
+        Runs in a thread, in transactions of at most 500 rows each, so a big prune never
+        holds the event loop or a waiting ack for long.
+        """
+        return await asyncio.to_thread(self.prune_sync, older_than=older_than,
+                                       seen_before=seen_before)
 
     def prune_sync(self, *, older_than: float, seen_before: float) -> int:
         """:meth:`prune` for code without an event loop."""
-        return self._submit_sync(lambda conn: self._prune(conn, older_than, seen_before))
+        removed = 0
+        while True:
+            rows = self._submit_sync(partial(self._prune_rows, older_than=older_than))
+            removed += rows
+            if rows < _PRUNE_CHUNK:
+                break
+        while self._submit_sync(partial(_prune_seen, seen_before=seen_before)) == _PRUNE_CHUNK:
+            pass
+        return removed
 
-    def _prune(self, conn: sqlite3.Connection, older_than: float, seen_before: float) -> int:
-        freed = conn.execute(
-            "SELECT coalesce(sum(size), 0), count(*) FROM raw WHERE state != 0 AND received_at < ?",
-            (older_than,),
-        ).fetchone()
-        conn.execute("DELETE FROM raw WHERE state != 0 AND received_at < ?", (older_than,))
-        conn.execute("DELETE FROM seen WHERE seen_at < ?", (seen_before,))
-        self._bytes -= int(freed[0])
-        return int(freed[1])
+    def _prune_rows(self, conn: sqlite3.Connection, older_than: float) -> int:
+        """Delete up to ``_PRUNE_CHUNK`` finished rows received before ``older_than``."""
+        found = conn.execute(
+            "SELECT id, size FROM raw WHERE state != 0 AND received_at < ? LIMIT ?",
+            (older_than, _PRUNE_CHUNK)).fetchall()
+        conn.executemany("DELETE FROM raw WHERE id = ? AND state != 0",
+                         [(row[0],) for row in found])
+        self._bytes -= sum(int(row[1]) for row in found)
+        return len(found)
 
     # --- reads (second connection; callers run them in a thread when in an event loop) ----
 
@@ -549,15 +548,9 @@ def _complete(conn: sqlite3.Connection, outcomes: Sequence[Outcome], stamp: floa
     )
 
 
-def _resolve(items: list[_Result],
-             on_commit: Callable[[], None] | None) -> None:
-    for op, value, error in items:
-        future = op.future
-        if future is None or future.done():
-            continue
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(value)
-    if on_commit is not None:
-        on_commit()
+def _prune_seen(conn: sqlite3.Connection, seen_before: float) -> int:
+    """Delete up to ``_PRUNE_CHUNK`` seen ids older than ``seen_before``."""
+    cur = conn.execute(
+        "DELETE FROM seen WHERE event_id IN"
+        " (SELECT event_id FROM seen WHERE seen_at < ? LIMIT ?)", (seen_before, _PRUNE_CHUNK))
+    return int(cur.rowcount)

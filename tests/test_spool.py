@@ -362,6 +362,34 @@ async def test_prune_deletes_old_seen_ids(spool: Spool) -> None:
     assert spool.state_of(a) == PUBLISHED
 
 
+async def test_prune_in_chunks_removes_every_old_row_and_frees_bytes(spool: Spool) -> None:
+    """A prune of more rows than one chunk holds removes them all and frees their bytes."""
+    bodies = [f'{{"n":{i}}}'.encode() for i in range(1234)]
+    ids = await asyncio.gather(*(spool.append(raw(b, received_at=1.0)) for b in bodies))
+    keep = await spool.append(raw(b"pending", received_at=1.0))
+    await spool.complete([Outcome(i, PUBLISHED, (f"e{i}",)) for i in ids], now=5.0)
+    assert await spool.prune(older_than=10.0, seen_before=10.0) == len(ids)
+    assert spool.bytes_used == size_of(raw(b"pending"))
+    assert [r.id for r in spool.pending()] == [keep]
+    assert spool.seen_ids([f"e{i}" for i in ids], since=0.0) == set()
+
+
+async def test_checkpoint_thread_copies_the_wal_into_the_database(tmp_path: Path) -> None:
+    """The checkpoint thread, not the committing loop, moves committed pages into spool.db."""
+    idle = Spool(tmp_path / "idle", BIG, checkpoint_interval=3600).open()
+    busy = Spool(tmp_path / "busy", BIG, checkpoint_interval=0.05).open()
+    try:
+        before = {s: s.path.stat().st_size for s in (idle, busy)}
+        for s in (idle, busy):
+            await asyncio.gather(*(s.append(raw(b"x" * 4000)) for _ in range(200)))
+        await asyncio.sleep(0.5)
+        assert idle.path.stat().st_size == before[idle]  # autocheckpoint off: all in the WAL
+        assert busy.path.stat().st_size > before[busy] + 200 * 4000
+    finally:
+        idle.close()
+        busy.close()
+
+
 # --- select / dead letters / stats ------------------------------------------------------------
 
 

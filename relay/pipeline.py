@@ -4,11 +4,12 @@ One path serves both the live relay and ``relay replay``:
 
 * :class:`Normaliser` derives everything a raw postback yields (events, consent events,
   notices, or the reason it must be dead-lettered). It never raises.
-* :func:`records_for` turns a derivation into Kafka records (with CloudEvents headers),
+* :func:`build_batch` turns derivations into Kafka records (with CloudEvents headers),
   skipping event ids already published inside the dedup window.
 * :class:`Pipeline` is the background task: it reads pending rows in order, publishes
-  their records, and marks a row done only when Kafka acknowledged all of them. Kafka
-  down or slow: rows stay pending and the loop retries with backoff.
+  their records (several batches in flight), and marks a row done only when Kafka
+  acknowledged all of them. Kafka down or slow: rows stay pending and the loop retries
+  with backoff.
 """
 
 from __future__ import annotations
@@ -332,12 +333,22 @@ class Backoff:
 
 
 class Pipeline:
-    """Publishes spooled postbacks, in order, until stopped."""
+    """Publishes spooled postbacks, in order, until stopped.
+
+    Up to ``max_in_flight`` batches are on their way at once: the next batch is read,
+    derived and handed to the producer while earlier ones wait for Kafka's
+    acknowledgement and for their completion to be committed, so a postback never waits
+    for a whole earlier round trip before it is sent. A cursor (the last raw id taken)
+    keeps batches disjoint; the event ids of batches in flight count as seen, so a
+    provider's retry in a later batch is still published once. When a batch fails, the
+    others are let finish, the cursor goes back to the start and the loop backs off: the
+    rows still pending are read again.
+    """
 
     def __init__(self, spool: Store, normaliser: Normaliser, publisher: Publisher,
                  topics: Topics, reporter: Reporter, *, dedup_window: float,
                  ensure: Callable[[], Any] | None = None, batch_size: int = 256,
-                 clock: Callable[[], float] = time.time) -> None:
+                 max_in_flight: int = 4, clock: Callable[[], float] = time.time) -> None:
         self.spool = spool
         self.normaliser = normaliser
         self.publisher = publisher
@@ -346,13 +357,17 @@ class Pipeline:
         self.dedup_window = dedup_window
         self.ensure = ensure
         self.batch_size = batch_size
+        self.max_in_flight = max_in_flight
         self.clock = clock
         self.connected = False
         self.fatal: str | None = None
         self.last_error: str | None = None
         self._wake = asyncio.Event()
         self._stopping = False
-        self._idle = asyncio.Event()  # set while no batch is in hand
+        self._stopped = asyncio.Event()  # set while the loop is not running
+        self._stopped.set()
+        self._cursor = 0  # the last raw id taken into a batch
+        self._in_flight: dict[asyncio.Task[None], frozenset[str]] = {}
 
     def wake(self) -> None:
         """Tell the loop new rows were committed (called on the event loop)."""
@@ -385,10 +400,13 @@ class Pipeline:
 
     async def run(self) -> None:
         """Loop until :meth:`stop`; never raises for Kafka trouble."""
+        self._stopped.clear()
         try:
             await self._loop()
         finally:
-            self._idle.set()
+            for task in self._in_flight:
+                task.cancel()
+            self._stopped.set()
 
     async def _loop(self) -> None:
         backoff = Backoff()
@@ -396,32 +414,74 @@ class Pipeline:
             if not self.connected and not await self._connect():
                 await self._sleep(backoff.next() if self.fatal is None else 30.0)
                 continue
-            self._idle.clear()
             try:
-                busy = await self.step()
+                await self._advance()
             except (PublishError, SpoolUnavailable) as exc:
                 self.last_error = str(exc)
                 self.reporter.publish_failed()
                 log.warning("publish_failed", problem=str(exc))
-                busy, delay = True, backoff.next()
             except Exception as exc:  # a bug must not stop publishing for good
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("pipeline_error", problem=self.last_error)
-                busy, delay = True, backoff.next()
             else:
                 backoff.reset()
-                delay = 0.0 if busy else 1.0
-            finally:
-                self._idle.set()
-            if delay:
-                await self._sleep(delay)
+                continue
+            await self._drain()
+            self._cursor = 0  # read again whatever is still pending
+            await self._sleep(backoff.next())
+        await self._drain()
 
-    async def step(self) -> bool:
-        """Publish one batch of pending rows; False when there was nothing to do."""
+    async def _advance(self) -> None:
+        """Start the next batch, or wait: for room, for new rows, or 1 s when idle.
+
+        Raises the error of a batch that failed.
+        """
+        self._collect()
+        if len(self._in_flight) >= self.max_in_flight:
+            await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+            return
+        work = await self._take()
+        if work is None:
+            await self._wait(None if self._in_flight else 1.0)
+            return
+        derivations, batch = work
+        task = asyncio.create_task(self._publish(derivations, batch), name="relay-batch")
+        self._in_flight[task] = frozenset(i for i in batch.event_ids if i is not None)
+
+    def _collect(self) -> None:
+        """Forget finished batches; raise the first error among them."""
+        error: BaseException | None = None
+        for task in [t for t in self._in_flight if t.done()]:
+            del self._in_flight[task]
+            if not task.cancelled() and task.exception() is not None and error is None:
+                error = task.exception()
+        if error is not None:
+            raise error
+
+    async def _wait(self, idle: float | None) -> None:
+        """Until new rows are committed or a batch finishes (or ``idle`` s pass)."""
+        if self._wake.is_set():
+            return
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait([waker, *self._in_flight], timeout=idle,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waker.cancel()
+
+    async def _drain(self) -> None:
+        """Let every batch in flight finish (their errors were or will be retried)."""
+        while self._in_flight:
+            await asyncio.wait(self._in_flight)
+            with contextlib.suppress(Exception):
+                self._collect()
+
+    async def _take(self) -> tuple[list[Derived], Batch] | None:
+        """Read and derive the next pending rows after the cursor; None if there are none."""
         self._wake.clear()
-        rows = await asyncio.to_thread(self.spool.pending, 0, self.batch_size)
+        rows = await asyncio.to_thread(self.spool.pending, self._cursor, self.batch_size)
         if not rows:
-            return False
+            return None
         derivations = []
         for i, raw in enumerate(rows):
             derivations.append(self.normaliser.derive(raw))
@@ -430,7 +490,13 @@ class Pipeline:
         ids = [e.id for d in derivations for e in d.events]
         since = self.clock() - self.dedup_window
         seen = await asyncio.to_thread(self.spool.seen_ids, ids, since) if ids else set()
-        batch = build_batch(derivations, self.topics, skip=seen)
+        for taken in self._in_flight.values():
+            seen.update(taken)
+        self._cursor = rows[-1].id
+        return derivations, build_batch(derivations, self.topics, skip=seen)
+
+    async def _publish(self, derivations: list[Derived], batch: Batch) -> None:
+        """Send a batch, wait for Kafka, record what it acknowledged; raise if not all."""
         results = await self.publisher.send_all(batch.records)
         done = acknowledged(batch, results)
         partial = partly_acknowledged(batch, results)
@@ -441,6 +507,18 @@ class Pipeline:
             first = next(r for r in results if r is not None)
             raise PublishError(f"{len(batch.outcomes) - len(done)} postbacks not acknowledged: "
                                f"{type(first).__name__}: {first}")
+
+    async def step(self) -> bool:
+        """Publish one batch of pending rows and wait for it; False when there was nothing
+        to do. (The loop runs batches concurrently; this is the one-at-a-time form.)"""
+        work = await self._take()
+        if work is None:
+            return False
+        try:
+            await self._publish(*work)
+        except BaseException:
+            self._cursor = 0
+            raise
         return True
 
     def _account(self, derivations: Sequence[Derived], batch: Batch,
@@ -466,14 +544,14 @@ class Pipeline:
                 log.warning("dead_lettered", source=d.raw.source, raw_id=d.raw.id, error=d.error)
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Finish the batch in hand (up to ``grace`` s), then flush and close the producer.
+        """Finish the batches in hand (up to ``grace`` s), then flush and close the producer.
 
         The caller cancels the task running :meth:`run` afterwards.
         """
         self._stopping = True
         self._wake.set()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), grace)
+            await asyncio.wait_for(self._stopped.wait(), grace)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.publisher.stop(), grace)
         self.connected = False

@@ -365,8 +365,8 @@ class Spool:
                 future.set_exception(error)
             else:
                 future.set_result(value)
-        if self.on_commit is not None:
-            self.on_commit()
+        if self.on_commit is not None and any(op.append for op in group):
+            self.on_commit()  # new rows for the publisher (not its own completions)
 
     def _submit_sync(self, fn: Callable[[sqlite3.Connection], T] | None,
                      row: tuple[Any, ...] | None = None) -> T:

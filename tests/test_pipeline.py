@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import orjson
@@ -251,4 +251,107 @@ async def test_partly_acknowledged_postback_does_not_republish_what_kafka_took(
         assert topics.count("messaging.consent.v1") == 1
         assert spool.state_of(raw_id) == PUBLISHED
     finally:
+        spool.close()
+
+
+class GatedPublisher(MemoryPublisher):
+    """A Kafka stand-in whose first ``held`` batches wait until ``release`` is set."""
+
+    def __init__(self, held: int = 1, fail_first: bool = False) -> None:
+        super().__init__()
+        self.held = held
+        self.fail_first = fail_first
+        self.release = asyncio.Event()
+        self.calls = 0
+        self.sent: list[list[bytes]] = []  # the keys of each batch, in the order sent
+
+    async def send_all(self, records: Sequence[Record]) -> list[BaseException | None]:
+        self.calls += 1
+        call = self.calls
+        self.sent.append([r.key for r in records if r.topic.endswith("receipts.v1")])
+        if call <= self.held:
+            await self.release.wait()
+        if call == 1 and self.fail_first:
+            return [TimeoutError("broker away") for _ in records]
+        return await super().send_all(records)
+
+
+async def _running(tmp_path: Path, publisher: MemoryPublisher, batch_size: int,
+                   first: Sequence[RawPostback]) -> tuple[Pipeline, Spool, asyncio.Task[None]]:
+    """A running pipeline over a spool that holds ``first`` when it starts."""
+    spool = Spool(tmp_path, 1 << 30).open()
+    for r in first:
+        await spool.append(r)
+    pipeline = Pipeline(spool, Normaliser(SOURCES), publisher, TOPICS, Metrics(),
+                        dedup_window=3600, batch_size=batch_size)
+    spool.on_commit = pipeline.wake
+    return pipeline, spool, asyncio.create_task(pipeline.run())
+
+
+async def _until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def test_next_batch_is_sent_while_the_first_waits_for_kafka(tmp_path: Path) -> None:
+    """Rows committed while a batch waits for Kafka's ack are sent without waiting for it."""
+    publisher = GatedPublisher(held=1)
+    pipeline, spool, task = await _running(tmp_path, publisher, 2,
+                                           [raw([item(0)]), raw([item(1)])])
+    try:
+        await _until(lambda: publisher.calls == 1)
+        await asyncio.gather(spool.append(raw([item(2)])), spool.append(raw([item(3)])))
+        await _until(lambda: publisher.calls == 2)  # the first is still held
+        assert publisher.sent == [[b"m0", b"m1"], [b"m2", b"m3"]]
+        assert spool.stats().pending == 2
+        publisher.release.set()
+        await _until(lambda: spool.stats().pending == 0)
+    finally:
+        publisher.release.set()
+        await pipeline.stop()
+        task.cancel()
+        spool.close()
+
+
+async def test_retry_in_a_later_batch_is_published_once_while_first_in_flight(
+        tmp_path: Path) -> None:
+    """A provider retry landing in the next batch, while the first is in flight, is a duplicate."""
+    publisher = GatedPublisher(held=1)
+    pipeline, spool, task = await _running(tmp_path, publisher, 1, [raw([item(5)])])
+    try:
+        await _until(lambda: publisher.calls == 1)
+        await spool.append(raw([item(5)]))
+        await _until(lambda: publisher.calls == 2)
+        publisher.release.set()
+        await _until(lambda: spool.stats().pending == 0)
+        receipts = [r for r in publisher.records if r.topic.endswith("delivery-receipts.v1")]
+        assert len(receipts) == 1
+    finally:
+        publisher.release.set()
+        await pipeline.stop()
+        task.cancel()
+        spool.close()
+
+
+async def test_failed_batch_is_retried_after_later_batches_without_republishing_them(
+        tmp_path: Path) -> None:
+    """When the first batch fails and the second succeeds, the retry sends only the first's rows."""
+    publisher = GatedPublisher(held=1, fail_first=True)
+    pipeline, spool, task = await _running(tmp_path, publisher, 1, [raw([item(1)])])
+    try:
+        await _until(lambda: publisher.calls == 1)
+        await spool.append(raw([item(2)]))
+        await _until(lambda: publisher.calls == 2)
+        publisher.release.set()
+        await _until(lambda: spool.stats().pending == 0)
+        receipts = [r.key for r in publisher.records if r.topic.endswith("delivery-receipts.v1")]
+        assert sorted(receipts) == [b"m1", b"m2"]
+        assert publisher.sent[2:] == [[b"m1"]]
+    finally:
+        publisher.release.set()
+        await pipeline.stop()
+        task.cancel()
         spool.close()

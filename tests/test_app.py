@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 from harness import basic
+from hypothesis import given
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from relay.app import create_app
+from relay.app import create_app, hook_path
 from relay.service import Service
 from relay.settings import parse
 
@@ -145,3 +147,73 @@ def test_get_on_hook_is_405(tmp_path: Path) -> None:
     client, _ = make(tmp_path)
     with client:
         assert client.get("/hooks/bw").status_code == 405
+
+
+@pytest.mark.parametrize(("path", "target"), [
+    ("/hooks/bw", ("bw", None)), ("/hooks/sky/tok-1", ("sky", "tok-1")), ("/hooks/", None),
+    ("/hooks/bw/", None), ("/hooks//tok", None), ("/hooks/a/b/c", None), ("/hooksbw", None),
+    ("/healthz", None),
+])
+def test_hook_path_parses_source_and_token(path: str, target: tuple[str, str | None] | None
+                                           ) -> None:
+    """Only /hooks/{source} and /hooks/{source}/{token} with non-empty parts are hook paths."""
+    assert hook_path(path) == target
+
+
+@given(st.text(alphabet=st.characters(blacklist_characters="/"), min_size=1),
+       st.none() | st.text(alphabet=st.characters(blacklist_characters="/"), min_size=1))
+def test_hook_path_round_trips_any_segment(source: str, token: str | None) -> None:
+    """Any slash-free source (and token) is read back from the path built of them."""
+    path = f"/hooks/{source}" + (f"/{token}" if token is not None else "")
+    assert hook_path(path) == (source, token)
+
+
+def test_post_to_other_paths_falls_through_to_404_or_redirect(tmp_path: Path) -> None:
+    """A POST that is not a hook path is answered by the router, and nothing is spooled."""
+    client, service = make(tmp_path)
+    with client:
+        assert client.post("/elsewhere", content=BODY, headers=AUTH).status_code == 404
+        assert client.post("/hooks/bw/t/x", content=BODY, headers=AUTH).status_code == 404
+        assert service.spool.stats().total == 0
+
+
+async def test_client_gone_mid_body_stores_nothing_and_answers_nothing(tmp_path: Path) -> None:
+    """A client that disconnects before its body is complete gets no answer and no row."""
+    _, service = make(tmp_path)
+    await service.start()
+    try:
+        endpoint = create_app(service)
+        messages = iter([{"type": "http.request", "body": b"[{", "more_body": True},
+                         {"type": "http.disconnect"}])
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return next(messages)
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/hooks/bw", "headers":
+                 [(k.lower().encode(), v.encode()) for k, v in AUTH.items()],
+                 "query_string": b"", "client": ("10.9.0.1", 5000)}
+        await endpoint(scope, receive, send)
+        assert sent == []
+        assert service.spool.stats().total == 0
+    finally:
+        await service.stop()
+
+
+def test_unexpected_error_is_500_with_json_body(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug behind the hook answers 500 with a JSON error (the provider retries) and stores nothing."""
+    client, service = make(tmp_path)
+
+    async def broken(*args: object) -> int:
+        raise RuntimeError("bug")
+
+    with client:
+        monkeypatch.setattr(service, "receive", broken)
+        resp = client.post("/hooks/bw", content=BODY, headers=AUTH)
+        assert resp.status_code == 500
+        assert resp.json() == {"error": "internal", "detail": "internal error"}
+        assert service.spool.stats().total == 0

@@ -28,6 +28,10 @@ Invariants
   pending row is never deleted, whatever its age or the size cap.
 * ``seen`` holds the ids of events published within the dedup window; it is written in
   the same transaction that marks their raw row done.
+* A transaction holding appends is fsynced at commit (``synchronous=FULL``). One holding
+  only completions is not (``NORMAL``): the WAL is sequential, so the next append's
+  fsync (or the next checkpoint) makes it durable too. An OS crash in between can only
+  turn published rows back to pending, never lose a row.
 
 Group commit
 ------------
@@ -207,6 +211,7 @@ class Spool:
         self._closing = threading.Event()
         self._bytes = 0
         self._broken: str | None = None
+        self._fsync_commits = True  # connect() sets synchronous=FULL
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -287,6 +292,7 @@ class Spool:
                 return [(op, None, closed) for op in group]
             size_before = self._bytes
             try:
+                self._durability(conn, any(op.append for op in group))
                 conn.execute("BEGIN IMMEDIATE")
                 results = self._insert(conn, [op for op in group if op.append])
                 results.extend(self._run_ops(conn, [op for op in group if not op.append]))
@@ -300,6 +306,15 @@ class Spool:
                 error = SpoolUnavailable(f"spool write failed: {exc}")
                 results = [(op, None, error) for op in group]
         return results
+
+    def _durability(self, conn: sqlite3.Connection, appends: bool) -> None:
+        """``synchronous=FULL`` (fsync at commit) for a group with appends, NORMAL for
+        one without: completions and marks reach the disk with the next append's fsync
+        or checkpoint, and only an OS crash before that can lose them (their rows are
+        then published again: never lost, possibly duplicated)."""
+        if appends != self._fsync_commits:
+            conn.execute(f"PRAGMA synchronous={'FULL' if appends else 'NORMAL'}")
+            self._fsync_commits = appends
 
     def _insert(self, conn: sqlite3.Connection, appends: list[_Op]) -> list[_Result]:
         """Insert appends with multi-row INSERTs (200 rows a statement); refuse those over

@@ -487,3 +487,18 @@ def test_reopen_restores_bytes_used(tmp_path: Path) -> None:
     with Spool(tmp_path, BIG) as s:
         assert s.bytes_used == sum(map(size_of, rows))
         assert s.stats().total == 2
+
+
+async def test_only_groups_with_appends_are_fsynced_at_commit(spool: Spool) -> None:
+    """A group with an append commits with synchronous=FULL; a completion-only group with NORMAL."""
+    def level() -> int:
+        assert spool._writer is not None
+        return int(spool._writer.execute("PRAGMA synchronous").fetchone()[0])
+
+    raw_id = await spool.append(raw())
+    assert level() == 2  # FULL
+    await spool.complete([Outcome(raw_id, PUBLISHED, ("e1",))])
+    assert level() == 1  # NORMAL
+    await spool.append(raw())
+    assert level() == 2
+    assert spool.state_of(raw_id) == PUBLISHED

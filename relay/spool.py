@@ -321,7 +321,7 @@ class Spool:
         results.extend(self._run_ops(conn, [op for op in group if not op.append]))
         return results
 
-    def _fail(self, conn: sqlite3.Connection, group: list[_Op], exc: sqlite3.Error,
+    def _fail(self, conn: sqlite3.Connection, group: list[_Op], exc: Exception,
               added: int) -> list[_Result]:
         """Roll back a group the database refused, take back its bytes, fail every op."""
         with contextlib.suppress(sqlite3.Error):
@@ -429,7 +429,7 @@ class Spool:
             try:
                 conn.execute("COMMIT")
                 self._broken = None
-            except sqlite3.Error as exc:
+            except Exception as exc:  # whatever it is, the waiters get an answer
                 results = self._fail(conn, group, exc, added)
             finally:
                 self._lock.release()

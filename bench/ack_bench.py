@@ -107,6 +107,19 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def children_cpu(pid: int | None) -> float:
+    """CPU seconds of a process's live descendants (relay: its publisher process)."""
+    if pid is None:
+        return 0.0
+    total = 0.0
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                for child in (task / "children").read_text().split():
+                    total += cpu_seconds(int(child)) + children_cpu(int(child))
+    return total
+
+
 def machine_busy() -> float:
     """CPU seconds all cores spent not idle since boot (/proc/stat)."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
@@ -299,6 +312,7 @@ async def loadgen(work: Path, port: int, *, mode: str, phase: str, run: str,
     await asyncio.sleep(max(0.0, start_at - time.time()))
     server_pid, kafka_pid = watch
     cpu0, th0, k0 = cpu_seconds(server_pid), thread_cpu(server_pid), cpu_seconds(kafka_pid)
+    kids0 = children_cpu(server_pid)
     busy0, own0 = machine_busy(), time.process_time()
     t0 = time.monotonic()
     parts = []
@@ -310,7 +324,8 @@ async def loadgen(work: Path, port: int, *, mode: str, phase: str, run: str,
         out_path.unlink()
     window = time.monotonic() - t0
     cpu, th1, k1 = cpu_seconds(server_pid) - cpu0, thread_cpu(server_pid), cpu_seconds(kafka_pid)
-    ours = (cpu + (k1 - k0) + sum(p["cpu_seconds"] for p in parts)
+    kids = children_cpu(server_pid) - kids0
+    ours = (cpu + kids + (k1 - k0) + sum(p["cpu_seconds"] for p in parts)
             + time.process_time() - own0)  # fmt: skip
     foreign = max(0.0, (machine_busy() - busy0 - ours) / window)
     merged: dict[str, Any] = {
@@ -333,6 +348,7 @@ async def loadgen(work: Path, port: int, *, mode: str, phase: str, run: str,
         "server_main_cpu": th1["main"] - th0["main"],
         "server_other_cpu": th1["other"] - th0["other"],
         "kafka_cpu": (k1 - k0) if kafka_pid else None,
+        "children_cpu": kids,
         "foreign_cpu_cores": round(foreign, 2),
     }
     for p in parts:
@@ -441,6 +457,7 @@ async def throughput_phase(server: Server, work: Path, args: argparse.Namespace,
         "server_main_thread_cpu_cores": round(res["server_main_cpu"] / wall, 2),
         "server_other_threads_cpu_cores": round(res["server_other_cpu"] / wall, 2),
         "kafka_broker_cpu_cores": round(res["kafka_cpu"] / wall, 2) if kafka_pid else None,
+        "publisher_process_cpu_cores": round(res["children_cpu"] / wall, 2),
         "loadgen_cpu_share": res["loadgen_cpu_share"],
         "other_processes_cpu_cores": res["foreign_cpu_cores"],
     }  # fmt: skip
@@ -465,6 +482,7 @@ async def rate_phase(server: Server, work: Path, args: argparse.Namespace, run: 
         "server_main_thread_cpu_cores": round(res["server_main_cpu"] / wall, 2),
         "server_cpu_us_per_postback": round(cpu / res["ok"] * 1e6, 1) if res["ok"] else None,
         "kafka_broker_cpu_cores": round(res["kafka_cpu"] / wall, 2) if kafka_pid else None,
+        "publisher_process_cpu_cores": round(res["children_cpu"] / wall, 2),
         "loadgen_cpu_share": res["loadgen_cpu_share"],
         "other_processes_cpu_cores": res["foreign_cpu_cores"],
     }  # fmt: skip
@@ -699,6 +717,8 @@ def print_table(res: dict[str, Any]) -> None:
                   f"{rt.get('backlog_at_end', '-')} / {f(rt.get('drain_s'))}", "")
     table.add_row("  kafka broker CPU, cores", f(bt["kafka_broker_cpu_cores"]),
                   f(rt["kafka_broker_cpu_cores"]), "")
+    table.add_row("  relay's publisher process CPU, cores", "",
+                  f(rt["publisher_process_cpu_cores"]), "")
     table.add_row("  load generator CPU share", f(bt["loadgen_cpu_share"]),
                   f(rt["loadgen_cpu_share"]), "")
     table.add_row("  other processes on the machine, cores", f(bt["other_processes_cpu_cores"]),
@@ -715,6 +735,8 @@ def print_table(res: dict[str, Any]) -> None:
     table.add_row("  server CPU, cores busy (event-loop thread)",
                   f"{f(br['server_cpu_cores'])} ({f(br['server_main_thread_cpu_cores'])})",
                   f"{f(rr['server_cpu_cores'])} ({f(rr['server_main_thread_cpu_cores'])})", "")
+    table.add_row("  relay's publisher process CPU, cores", "",
+                  f(rr["publisher_process_cpu_cores"]), "")
     table.add_row("  other processes on the machine, cores", f(br["other_processes_cpu_cores"]),
                   f(rr["other_processes_cpu_cores"]), "")
     table.add_row("  server CPU, us per postback", f(br["server_cpu_us_per_postback"]),

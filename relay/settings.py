@@ -90,6 +90,7 @@ class ServerConfig:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     max_body_bytes: int = 1 << 20
     shutdown_timeout: float = 10.0
+    publisher_nice: int = 10
 
 
 @dataclass(frozen=True)
@@ -273,11 +274,14 @@ def _words(values: object, key: str, default: tuple[str, ...]) -> frozenset[str]
 def _server(data: Mapping[str, Any]) -> ServerConfig:
     w = "server"
     _unknown_keys(data, {"host", "port", "trusted_proxies", "max_body_bytes",
-                         "shutdown_timeout"}, w)
+                         "shutdown_timeout", "publisher_nice"}, w)
     d = ServerConfig()
     port = _get(data, "port", int, w)
     if port is not None and not 0 <= port <= 65535:
         raise ConfigError("server.port", "must be between 0 and 65535")
+    nice = _get(data, "publisher_nice", int, w)
+    if nice is not None and not 0 <= nice <= 19:
+        raise ConfigError("server.publisher_nice", "must be between 0 and 19")
     return ServerConfig(
         host=_get(data, "host", str, w) or d.host,
         port=d.port if port is None else port,
@@ -286,6 +290,7 @@ def _server(data: Mapping[str, Any]) -> ServerConfig:
                                  d.max_body_bytes),
         shutdown_timeout=_positive(_get(data, "shutdown_timeout", (int, float), w),
                                    "server.shutdown_timeout", d.shutdown_timeout),
+        publisher_nice=d.publisher_nice if nice is None else nice,
     )
 
 

@@ -181,6 +181,8 @@ def child_main(settings: Settings, wake: Connection, requests: Connection,
                replies: Connection) -> None:
     """Entry point of the publisher process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if settings.server.publisher_nice:
+        os.nice(settings.server.publisher_nice)  # acks first when CPU is short
     configure_logging(settings.log.level, settings.log.format)
     try:
         import uvloop

@@ -185,7 +185,8 @@ def test_empty_file_secret_is_refused(tmp_path: Path) -> None:
 def test_server_values_parsed() -> None:
     """Every [server] key is read with its type."""
     s = parse({"server": {"host": "0.0.0.0", "port": 0, "trusted_proxies": ["10.0.0.0/8", "::1"],
-                          "max_body_bytes": 10, "shutdown_timeout": 2.5}},
+                          "max_body_bytes": 10, "shutdown_timeout": 2.5,
+                          "publisher_nice": 0}},
               environ={}, base=Path("/b"))  # fmt: skip
     assert s.server.host == "0.0.0.0"
     assert s.server.port == 0
@@ -193,6 +194,8 @@ def test_server_values_parsed() -> None:
                                         ipaddress.ip_network("::1/128"))  # fmt: skip
     assert s.server.max_body_bytes == 10
     assert s.server.shutdown_timeout == 2.5
+    assert s.server.publisher_nice == 0
+    assert parse({}, environ={}, base=Path("/b")).server.publisher_nice == 10
 
 
 def test_trusted_proxy_host_bits_are_accepted() -> None:
@@ -213,6 +216,9 @@ def test_trusted_proxy_host_bits_are_accepted() -> None:
         ({"server": {"max_body_bytes": 0}}, "server.max_body_bytes"),
         ({"server": {"shutdown_timeout": -1}}, "server.shutdown_timeout"),
         ({"server": {"shutdown_timeout": "10"}}, "server.shutdown_timeout"),
+        ({"server": {"publisher_nice": 20}}, "server.publisher_nice"),
+        ({"server": {"publisher_nice": -5}}, "server.publisher_nice"),
+        ({"server": {"publisher_nice": 1.5}}, "server.publisher_nice"),
         ({"server": {"trusted_proxies": "10.0.0.0/8"}}, "server.trusted_proxies"),
         ({"server": {"trusted_proxies": ["10.0.0.0/8", "nope"]}}, "server.trusted_proxies[1]"),
         ({"server": {"bogus": 1}}, "server.bogus"),

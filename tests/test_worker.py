@@ -74,7 +74,7 @@ def alive(pid: int) -> bool:
 @pytest.mark.kafka
 async def test_publisher_runs_in_its_own_process_and_reports_metrics(
         kafka_bootstrap: str, tmp_path: Path) -> None:
-    """Publishing happens in a child process, and its counts show in the parent's /metrics."""
+    """Publishing happens in a lower-priority child process; its counts show in the parent's /metrics."""
     settings = make_settings(tmp_path, kafka=kafka_bootstrap, sources=[BW],
                              environ={"BW_PASS": "s3cret-for-tests"})
     service = Service(settings)
@@ -90,6 +90,9 @@ async def test_publisher_runs_in_its_own_process_and_reports_metrics(
             await asyncio.sleep(0.1)
         assert f'relay_events_published_total{{topic="{prefix}delivery-receipts.v1"}} 2.0' in text
         assert (await client.get("/readyz")).json()["kafka"] == "connected"
+        assert service.worker.pid is not None
+        assert os.getpriority(os.PRIO_PROCESS, service.worker.pid) == min(
+            19, os.getpriority(os.PRIO_PROCESS, 0) + settings.server.publisher_nice)
 
 
 @pytest.mark.kafka

@@ -13,6 +13,7 @@ provider's own dedup key, so a retried postback or a replay yields the same id.
 from __future__ import annotations
 
 import hashlib
+import math
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -87,8 +88,28 @@ def event_id(provider: str, *key: object) -> str:
 
 @lru_cache(maxsize=1024)
 def rfc3339(ts: float) -> str:
-    """A UNIX time as RFC 3339 UTC with millisecond precision: ``2025-03-01T10:00:05.120Z``."""
-    return (_EPOCH + timedelta(seconds=ts)).isoformat(timespec="milliseconds") + "Z"
+    """A UNIX time as RFC 3339 UTC with millisecond precision: ``2025-03-01T10:00:05.120Z``.
+
+    Exactly ``(epoch + timedelta(seconds=ts)).isoformat(timespec="milliseconds") + "Z"``:
+    ``ts`` is rounded to the microsecond as :class:`~datetime.timedelta` rounds it (half to
+    even), then truncated to the millisecond. Only the whole second goes through
+    :mod:`datetime` (cached: consecutive postbacks share it).
+    """
+    seconds, micros = divmod(_micros(ts), 1_000_000)
+    return f"{_whole_second(seconds)}.{micros // 1000:03d}Z"
+
+
+def _micros(ts: float) -> int:
+    """``ts`` in whole microseconds, rounded as ``timedelta(seconds=ts)`` rounds it: the
+    fraction times 10**6 as a float, then half to even."""
+    fraction, whole = math.modf(ts)
+    return int(whole) * 1_000_000 + round(fraction * 1e6)
+
+
+@lru_cache(maxsize=1024)
+def _whole_second(seconds: int) -> str:
+    """A whole UNIX second as ``YYYY-MM-DDTHH:MM:SS`` (UTC)."""
+    return (_EPOCH + timedelta(seconds=seconds)).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,8 +67,11 @@ TERMINAL: frozenset[Status] = frozenset(
 
 _ID_NAMESPACE = uuid.UUID("6f1c4a52-6c2e-4d8e-9a57-2b1f0d5c7e31")
 _NAMESPACE_BYTES = _ID_NAMESPACE.bytes
-_sha1 = hashlib.sha1
+#: Copied for each id (the namespace is hashed once); SHA-1 because uuid5 is defined so.
+_NAMESPACE_SHA1 = hashlib.sha1(_NAMESPACE_BYTES, usedforsecurity=False)
 _EPOCH = datetime(1970, 1, 1)
+#: The RFC 4122 variant nibble (binary 10xx) for each hex digit of a digest.
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 def event_id(provider: str, *key: object) -> str:
@@ -77,13 +80,17 @@ def event_id(provider: str, *key: object) -> str:
     The parts are stringified (``4720`` and ``"4720"`` are the same key) and encoded as a
     JSON array with None as null, so distinct keys never collide: ``event_id("p")``,
     ``event_id("p", None)`` and ``event_id("p", "")`` all differ.
+
+    The id is exactly ``uuid.uuid5`` of the namespace and that JSON, formatted from the
+    hex digest directly (no :class:`uuid.UUID` objects: replay makes millions of ids).
     """
-    parts = orjson.dumps([provider, *(None if k is None else str(k) for k in key)])
-    digest = bytearray(_sha1(_NAMESPACE_BYTES + parts).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5: exactly uuid.uuid5, minus its objects
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    parts = orjson.dumps([provider, *[k if k is None or type(k) is str else str(k) for k in key]])
+    sha = _NAMESPACE_SHA1.copy()
+    sha.update(parts)
+    digest = sha.hexdigest()
+    # Version 5 in the high nibble of byte 6, the RFC 4122 variant in that of byte 8.
+    return (f"{digest[:8]}-{digest[8:12]}-5{digest[13:16]}-"
+            f"{_VARIANT[digest[16]]}{digest[17:20]}-{digest[20:32]}")
 
 
 @lru_cache(maxsize=1024)

@@ -15,6 +15,8 @@ from relay.errors import NormalisationError
 from relay.numbers import normalise_address
 from relay.schema import AddressKind, Status, rfc3339
 
+_UNKNOWN: tuple[Status, bool] = ("unknown", False)
+
 
 def load_json(body: bytes) -> Any:
     """The body as JSON, or :class:`NormalisationError`."""
@@ -69,12 +71,12 @@ def timestamp(value: object) -> str | None:
     Accepts ISO 8601 with ``Z`` or an offset (naive times are taken as UTC) and UNIX
     seconds or milliseconds.
     """
+    if isinstance(value, str) and _is_rfc3339_utc_ms(value):
+        return value  # the common case first: relay's own format already
     if value is None or isinstance(value, bool):
         return None
     try:
         if isinstance(value, str) and not (value.isascii() and value.isdigit()):
-            if _is_rfc3339_utc_ms(value):
-                return value
             dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00")
                                         .replace("z", "+00:00"))
             if dt.tzinfo is not None:
@@ -102,12 +104,16 @@ def table(name: str) -> Mapping[str, Any]:
     return tomllib.loads(data.decode())
 
 
+@cache
+def _statuses(name: str) -> Mapping[str, tuple[Status, bool]]:
+    """The ``[statuses]`` table of provider ``name`` as ``key: (status, final)``."""
+    return {key: (entry["status"], bool(entry["final"]))
+            for key, entry in table(name).get("statuses", {}).items()}
+
+
 def status_of(name: str, key: str | None) -> tuple[Status, bool]:
     """``(status, final)`` for ``key`` in the ``[statuses]`` table of provider ``name``.
 
     A key the table does not know maps to ``("unknown", False)``.
     """
-    entry = table(name).get("statuses", {}).get((key or "").lower())
-    if entry is None:
-        return "unknown", False
-    return entry["status"], bool(entry["final"])
+    return _statuses(name).get((key or "").lower(), _UNKNOWN)

@@ -72,6 +72,8 @@ _NAMESPACE_SHA1 = hashlib.sha1(_NAMESPACE_BYTES, usedforsecurity=False)
 _EPOCH = datetime(1970, 1, 1)
 #: The RFC 4122 variant nibble (binary 10xx) for each hex digit of a digest.
 _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+#: ``.000Z`` to ``.999Z``: the end of an RFC 3339 time, by millisecond.
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
 
 
 def event_id(provider: str, *key: object) -> str:
@@ -103,7 +105,7 @@ def rfc3339(ts: float) -> str:
     :mod:`datetime` (cached: consecutive postbacks share it).
     """
     seconds, micros = divmod(_micros(ts), 1_000_000)
-    return f"{_whole_second(seconds)}.{micros // 1000:03d}Z"
+    return _whole_second(seconds) + _MILLIS[micros // 1000]
 
 
 def _micros(ts: float) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 from harness import validate
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.observability import Metrics
 from relay.pipeline import (
@@ -19,9 +22,11 @@ from relay.pipeline import (
     match_keyword,
     raw_from_json,
     raw_to_json,
+    with_consent,
 )
+from relay.providers import Provider, SourceContext
 from relay.publish import Record, Topics
-from relay.schema import RawPostback
+from relay.schema import AnyEvent, ConsentEvent, Event, Notice, Output, RawPostback
 from relay.settings import Keywords, parse
 from relay.sources import build
 from relay.spool import DEAD, PENDING, PUBLISHED, Spool
@@ -252,3 +257,55 @@ async def test_partly_acknowledged_postback_does_not_republish_what_kafka_took(
         assert spool.state_of(raw_id) == PUBLISHED
     finally:
         spool.close()
+
+
+# --- derive: the receipt fast path equals running every event through with_consent ---------
+
+
+def reference_split(outputs: Sequence[Output], ctx: SourceContext
+                    ) -> tuple[list[AnyEvent], list[Notice]]:
+    """Normaliser.derive's loop as first written: every Event through with_consent."""
+    events: list[AnyEvent] = []
+    notices: list[Notice] = []
+    for output in outputs:
+        if isinstance(output, Notice):
+            notices.append(output)
+        elif isinstance(output, Event):
+            events.extend(with_consent(output, ctx))
+        else:
+            events.append(output)
+    return events, notices
+
+
+def _event(n: int, inbound: bool, text: str | None) -> Event:
+    """An event of the fake provider: a receipt, or an inbound message saying ``text``."""
+    return Event(id=f"e{n}", type="inbound_message" if inbound else "delivery_receipt",
+                 source="bw", provider="fake", channel="sms", message_id=f"m{n}",
+                 status=None if inbound else "delivered", final=not inbound,
+                 provider_status="x", from_="+15552221111", to="+15554443333",
+                 occurred_at=None, received_at="2025-03-01T10:00:00.000Z", raw_id=1, text=text)
+
+
+_TEXTS = st.one_of(st.none(), st.sampled_from(["STOP", " stop ", "start", "HELP", "ALTO", "sos",
+                                               "hello", ""]), st.text(max_size=8))
+_OUTPUTS = st.lists(st.one_of(
+    st.builds(_event, st.integers(0, 9), st.booleans(), _TEXTS),
+    st.builds(Notice, st.sampled_from(["N003", "E002"]), st.one_of(st.none(), st.text(max_size=5))),
+    st.builds(lambda n: ConsentEvent(id=f"c{n}", action="opt_in", keyword="START", source="bw",
+                                     provider="fake", channel="sms", subscriber="+1555",
+                                     number=None, message_id=None, occurred_at=None,
+                                     received_at="2025-03-01T10:00:00.000Z", raw_id=1),
+              st.integers(0, 9)),
+), max_size=5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_OUTPUTS, st.sampled_from(["bw", "bw2"]))
+def test_derive_splits_outputs_as_with_consent_on_every_event(outputs: list[Output],
+                                                              source: str) -> None:
+    """derive's events and notices equal those of passing every event through with_consent."""
+    fake = Provider(name="fake", normalise=lambda raw, ctx: list(outputs))
+    sources = {source: dataclasses.replace(SOURCES[source], provider=fake)}
+    derived = Normaliser(sources).derive(raw([], source))
+    assert derived.error is None
+    assert (derived.events, derived.notices) == reference_split(outputs, sources[source].context)

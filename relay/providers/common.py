@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
@@ -75,13 +75,9 @@ def timestamp(value: object) -> str | None:
         return value  # the common case first: relay's own format already
     if value is None or isinstance(value, bool):
         return None
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        return _cached_iso(value) if len(value) <= _CACHED_ISO_CHARS else _from_iso(value)
     try:
-        if isinstance(value, str) and not (value.isascii() and value.isdigit()):
-            dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00")
-                                        .replace("z", "+00:00"))
-            if dt.tzinfo is not None:
-                dt = dt.astimezone(UTC).replace(tzinfo=None)
-            return dt.isoformat(timespec="milliseconds") + "Z"
         if isinstance(value, int | float | str):
             seconds = float(value)
             if seconds > 1e11:
@@ -90,6 +86,23 @@ def timestamp(value: object) -> str | None:
     except (ValueError, OverflowError, OSError):
         return None
     return None
+
+
+def _from_iso(value: str) -> str | None:
+    """ISO 8601 text as RFC 3339 UTC with milliseconds, or None if unreadable."""
+    try:
+        dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        if dt.tzinfo is not None:
+            dt = dt.astimezone(UTC).replace(tzinfo=None)
+        return dt.isoformat(timespec="milliseconds") + "Z"
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+#: Providers that send whole seconds repeat a time for many postbacks: short times are
+#: cached (only short ones, so a cache entry never holds a large body's text).
+_CACHED_ISO_CHARS = 48
+_cached_iso = lru_cache(maxsize=1024)(_from_iso)
 
 
 def address(value: object, region: str | None) -> tuple[str | None, AddressKind | None]:

@@ -61,6 +61,7 @@ _TIME_VALUES = st.one_of(
               st.sampled_from(["Z", "z", "+02:00", "-05:30", "", " "])),
     st.text(alphabet="0123456789-T:.Zz+ ", min_size=20, max_size=26),
     _DATETIMES.map(lambda d: _Text(d.isoformat(timespec="milliseconds") + "Z")),
+    _DATETIMES.map(lambda d: " " * 40 + d.isoformat() + "+01:00 "),  # long: not cached
     st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=2), st.integers(),
                                                          max_size=2),
 )
@@ -69,8 +70,9 @@ _TIME_VALUES = st.one_of(
 @settings(max_examples=2000, deadline=None)
 @given(_TIME_VALUES)
 def test_timestamp_equals_the_reference_formula(value: object) -> None:
-    """timestamp (its own format checked first) equals the original for any JSON-ish value."""
+    """timestamp (own format first, ISO parses cached) equals the original for any value."""
     assert timestamp(value) == reference_timestamp(value)
+    assert timestamp(value) == reference_timestamp(value)  # again: from the cache
 
 
 _PROVIDERS = ("bandwidth", "skycore", "pingplus")

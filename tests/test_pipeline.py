@@ -19,6 +19,7 @@ from relay.pipeline import (
     Normaliser,
     Pipeline,
     build_batch,
+    event_record,
     match_keyword,
     raw_from_json,
     raw_to_json,
@@ -131,6 +132,20 @@ def test_batch_skips_seen_and_repeated_ids() -> None:
     assert topics.count("messaging.raw-postbacks.v1") == 2
     assert batch.duplicates == {"bw": 2}
     assert [o.event_ids for o in batch.outcomes] == [(first.events[1].id,), ()]
+
+
+def test_event_record_carries_key_value_and_cloudevents_headers_in_order() -> None:
+    """An event's record: its topic and key, its JSON, then the CloudEvents headers and extras."""
+    (event,) = Normaliser(SOURCES).derive(raw([item(7)])).events
+    record = event_record(event, TOPICS, (("relay_replay_id", b"r1"),))
+    assert (record.topic, record.key, record.value) == (
+        "messaging.delivery-receipts.v1", b"m7", event.to_json())
+    assert record.headers == (
+        ("ce_specversion", b"1.0"), ("ce_id", event.id.encode()),
+        ("ce_source", b"/relay/sources/bw"),
+        ("ce_type", b"com.relay.messaging.delivery_receipt.v1"),
+        ("ce_time", b"2025-03-01T10:00:00.000Z"), ("content-type", b"application/json"),
+        ("relay_replay_id", b"r1"))
 
 
 def test_raw_json_round_trip() -> None:

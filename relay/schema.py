@@ -13,6 +13,7 @@ provider's own dedup key, so a retried postback or a replay yields the same id.
 from __future__ import annotations
 
 import hashlib
+import math
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -66,8 +67,13 @@ TERMINAL: frozenset[Status] = frozenset(
 
 _ID_NAMESPACE = uuid.UUID("6f1c4a52-6c2e-4d8e-9a57-2b1f0d5c7e31")
 _NAMESPACE_BYTES = _ID_NAMESPACE.bytes
-_sha1 = hashlib.sha1
+#: Copied for each id (the namespace is hashed once); SHA-1 because uuid5 is defined so.
+_NAMESPACE_SHA1 = hashlib.sha1(_NAMESPACE_BYTES, usedforsecurity=False)
 _EPOCH = datetime(1970, 1, 1)
+#: The RFC 4122 variant nibble (binary 10xx) for each hex digit of a digest.
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+#: ``.000Z`` to ``.999Z``: the end of an RFC 3339 time, by millisecond.
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
 
 
 def event_id(provider: str, *key: object) -> str:
@@ -76,19 +82,43 @@ def event_id(provider: str, *key: object) -> str:
     The parts are stringified (``4720`` and ``"4720"`` are the same key) and encoded as a
     JSON array with None as null, so distinct keys never collide: ``event_id("p")``,
     ``event_id("p", None)`` and ``event_id("p", "")`` all differ.
+
+    The id is exactly ``uuid.uuid5`` of the namespace and that JSON, formatted from the
+    hex digest directly (no :class:`uuid.UUID` objects: replay makes millions of ids).
     """
-    parts = orjson.dumps([provider, *(None if k is None else str(k) for k in key)])
-    digest = bytearray(_sha1(_NAMESPACE_BYTES + parts).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5: exactly uuid.uuid5, minus its objects
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    parts = orjson.dumps([provider, *[k if k is None or type(k) is str else str(k) for k in key]])
+    sha = _NAMESPACE_SHA1.copy()
+    sha.update(parts)
+    digest = sha.hexdigest()
+    # Version 5 in the high nibble of byte 6, the RFC 4122 variant in that of byte 8.
+    return (f"{digest[:8]}-{digest[8:12]}-5{digest[13:16]}-"
+            f"{_VARIANT[digest[16]]}{digest[17:20]}-{digest[20:32]}")
 
 
 @lru_cache(maxsize=1024)
 def rfc3339(ts: float) -> str:
-    """A UNIX time as RFC 3339 UTC with millisecond precision: ``2025-03-01T10:00:05.120Z``."""
-    return (_EPOCH + timedelta(seconds=ts)).isoformat(timespec="milliseconds") + "Z"
+    """A UNIX time as RFC 3339 UTC with millisecond precision: ``2025-03-01T10:00:05.120Z``.
+
+    Exactly ``(epoch + timedelta(seconds=ts)).isoformat(timespec="milliseconds") + "Z"``:
+    ``ts`` is rounded to the microsecond as :class:`~datetime.timedelta` rounds it (half to
+    even), then truncated to the millisecond. Only the whole second goes through
+    :mod:`datetime` (cached: consecutive postbacks share it).
+    """
+    seconds, micros = divmod(_micros(ts), 1_000_000)
+    return _whole_second(seconds) + _MILLIS[micros // 1000]
+
+
+def _micros(ts: float) -> int:
+    """``ts`` in whole microseconds, rounded as ``timedelta(seconds=ts)`` rounds it: the
+    fraction times 10**6 as a float, then half to even."""
+    fraction, whole = math.modf(ts)
+    return int(whole) * 1_000_000 + round(fraction * 1e6)
+
+
+@lru_cache(maxsize=1024)
+def _whole_second(seconds: int) -> str:
+    """A whole UNIX second as ``YYYY-MM-DDTHH:MM:SS`` (UTC)."""
+    return (_EPOCH + timedelta(seconds=seconds)).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True, slots=True)

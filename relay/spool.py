@@ -143,9 +143,10 @@ def _headers(blob: bytes) -> tuple[tuple[str, str], ...]:
 
 def row_to_raw(row: Sequence[Any]) -> RawPostback:
     """A ``raw`` row (in ``_COLUMNS`` order) as a :class:`RawPostback`."""
-    return RawPostback(id=row[0], source=row[1], received_at=row[2], remote_addr=row[3],
-                       method=row[4], path=row[5], query=row[6], headers=_headers(row[7]),
-                       body=bytes(row[8]))
+    raw_id, source, received_at, remote_addr, method, path, query, headers, body = row
+    # Positional: keywords cost a fifth more, and replay builds one per row.
+    return RawPostback(source, received_at, remote_addr, method, path, query, _headers(headers),
+                       bytes(body), raw_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -10,18 +11,23 @@ from pathlib import Path
 import orjson
 import pytest
 from harness import validate
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.observability import Metrics
 from relay.pipeline import (
     Normaliser,
     Pipeline,
     build_batch,
+    event_record,
     match_keyword,
     raw_from_json,
     raw_to_json,
+    with_consent,
 )
+from relay.providers import Provider, SourceContext
 from relay.publish import Record, Topics
-from relay.schema import RawPostback
+from relay.schema import AnyEvent, ConsentEvent, Event, Notice, Output, RawPostback
 from relay.settings import Keywords, parse
 from relay.sources import build
 from relay.spool import DEAD, PENDING, PUBLISHED, Spool
@@ -126,6 +132,20 @@ def test_batch_skips_seen_and_repeated_ids() -> None:
     assert topics.count("messaging.raw-postbacks.v1") == 2
     assert batch.duplicates == {"bw": 2}
     assert [o.event_ids for o in batch.outcomes] == [(first.events[1].id,), ()]
+
+
+def test_event_record_carries_key_value_and_cloudevents_headers_in_order() -> None:
+    """An event's record: its topic and key, its JSON, then the CloudEvents headers and extras."""
+    (event,) = Normaliser(SOURCES).derive(raw([item(7)])).events
+    record = event_record(event, TOPICS, (("relay_replay_id", b"r1"),))
+    assert (record.topic, record.key, record.value) == (
+        "messaging.delivery-receipts.v1", b"m7", event.to_json())
+    assert record.headers == (
+        ("ce_specversion", b"1.0"), ("ce_id", event.id.encode()),
+        ("ce_source", b"/relay/sources/bw"),
+        ("ce_type", b"com.relay.messaging.delivery_receipt.v1"),
+        ("ce_time", b"2025-03-01T10:00:00.000Z"), ("content-type", b"application/json"),
+        ("relay_replay_id", b"r1"))
 
 
 def test_raw_json_round_trip() -> None:
@@ -355,3 +375,55 @@ async def test_failed_batch_is_retried_after_later_batches_without_republishing_
         await pipeline.stop()
         task.cancel()
         spool.close()
+
+
+# --- derive: the receipt fast path equals running every event through with_consent ---------
+
+
+def reference_split(outputs: Sequence[Output], ctx: SourceContext
+                    ) -> tuple[list[AnyEvent], list[Notice]]:
+    """Normaliser.derive's loop as first written: every Event through with_consent."""
+    events: list[AnyEvent] = []
+    notices: list[Notice] = []
+    for output in outputs:
+        if isinstance(output, Notice):
+            notices.append(output)
+        elif isinstance(output, Event):
+            events.extend(with_consent(output, ctx))
+        else:
+            events.append(output)
+    return events, notices
+
+
+def _event(n: int, inbound: bool, text: str | None) -> Event:
+    """An event of the fake provider: a receipt, or an inbound message saying ``text``."""
+    return Event(id=f"e{n}", type="inbound_message" if inbound else "delivery_receipt",
+                 source="bw", provider="fake", channel="sms", message_id=f"m{n}",
+                 status=None if inbound else "delivered", final=not inbound,
+                 provider_status="x", from_="+15552221111", to="+15554443333",
+                 occurred_at=None, received_at="2025-03-01T10:00:00.000Z", raw_id=1, text=text)
+
+
+_TEXTS = st.one_of(st.none(), st.sampled_from(["STOP", " stop ", "start", "HELP", "ALTO", "sos",
+                                               "hello", ""]), st.text(max_size=8))
+_OUTPUTS = st.lists(st.one_of(
+    st.builds(_event, st.integers(0, 9), st.booleans(), _TEXTS),
+    st.builds(Notice, st.sampled_from(["N003", "E002"]), st.one_of(st.none(), st.text(max_size=5))),
+    st.builds(lambda n: ConsentEvent(id=f"c{n}", action="opt_in", keyword="START", source="bw",
+                                     provider="fake", channel="sms", subscriber="+1555",
+                                     number=None, message_id=None, occurred_at=None,
+                                     received_at="2025-03-01T10:00:00.000Z", raw_id=1),
+              st.integers(0, 9)),
+), max_size=5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_OUTPUTS, st.sampled_from(["bw", "bw2"]))
+def test_derive_splits_outputs_as_with_consent_on_every_event(outputs: list[Output],
+                                                              source: str) -> None:
+    """derive's events and notices equal those of passing every event through with_consent."""
+    fake = Provider(name="fake", normalise=lambda raw, ctx: list(outputs))
+    sources = {source: dataclasses.replace(SOURCES[source], provider=fake)}
+    derived = Normaliser(sources).derive(raw([], source))
+    assert derived.error is None
+    assert (derived.events, derived.notices) == reference_split(outputs, sources[source].context)

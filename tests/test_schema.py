@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from relay.schema import (
     Event,
     Media,
     RawPostback,
+    _micros,
     event_id,
     rfc3339,
 )
@@ -306,3 +308,99 @@ def test_raw_postback_header_lookup() -> None:
     assert raw.header("content-type") == "application/json"
     assert raw.header("missing") is None
     assert raw.id == 0
+
+
+# --- fast formulas equal the originals -----------------------------------------------------
+
+
+_REFERENCE_NAMESPACE = uuid.UUID("6f1c4a52-6c2e-4d8e-9a57-2b1f0d5c7e31")
+
+
+def reference_event_id(provider: str, *key: object) -> str:
+    """event_id as first written (bytearray bit-twiddling): the reference for the fast one."""
+    parts = orjson.dumps([provider, *(None if k is None else str(k) for k in key)])
+    sha = hashlib.sha1(_REFERENCE_NAMESPACE.bytes + parts, usedforsecurity=False)
+    digest = bytearray(sha.digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def reference_rfc3339(ts: float) -> str:
+    """rfc3339 as first written (a datetime per call): the reference for the fast one."""
+    return (datetime(1970, 1, 1) + timedelta(seconds=ts)).isoformat(timespec="milliseconds") + "Z"
+
+
+class _Shouty(str):
+    """A str subclass whose str() differs from its value."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return self.upper()
+
+
+_KEY_PARTS = st.one_of(st.none(), st.text(max_size=40), st.integers(), st.booleans(),
+                       st.floats(allow_nan=True), st.text(max_size=5).map(_Shouty))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.text(max_size=12), st.lists(_KEY_PARTS, max_size=6))
+def test_event_id_equals_the_reference_formula(provider: str, key: list[object]) -> None:
+    """The fast event_id equals the original formula and uuid.uuid5 for arbitrary key parts."""
+    ident = event_id(provider, *key)
+    assert ident == reference_event_id(provider, *key)
+    name = orjson.dumps([provider, *(None if k is None else str(k) for k in key)]).decode()
+    assert ident == str(uuid.uuid5(_REFERENCE_NAMESPACE, name))
+
+
+def _outcome(fn: Any, ts: float) -> tuple[str, object]:
+    """``("ok", text)`` or ``("raise", exception type name)`` of ``fn(ts)``."""
+    try:
+        return "ok", fn(ts)
+    except (ValueError, OverflowError) as exc:
+        return "raise", type(exc).__name__
+
+
+_TIMES = st.one_of(
+    st.floats(min_value=-62_135_596_800, max_value=253_402_300_800),  # years 1 to 9999
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-2**40, max_value=2**40).map(lambda n: n / 2**22),  # exact halves
+    st.integers(min_value=-10**16, max_value=10**16).map(lambda n: n / 2_000_000),
+    st.integers(min_value=-10**12, max_value=10**12),
+)
+_NEAR_MILLISECOND_EDGES = st.builds(
+    lambda second, ms, offset: second + (ms * 1000 + offset) / 1e6,
+    st.integers(min_value=-10**10, max_value=10**10), st.integers(min_value=-1, max_value=1000),
+    st.sampled_from([-0.5, -0.5000001, -0.4999999, 0.4999999, 0.5, 0.5000001, 999.5, 0.0]))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(_TIMES, _NEAR_MILLISECOND_EDGES))
+def test_rfc3339_equals_the_reference_formula(ts: float) -> None:
+    """The fast rfc3339 equals the datetime formula (text, or exception type) for any time."""
+    assert _outcome(rfc3339, ts) == _outcome(reference_rfc3339, ts)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(_TIMES, st.floats(min_value=-8e13, max_value=8e13)))
+def test_micros_round_half_to_even_as_timedelta_does(ts: float) -> None:
+    """_micros equals timedelta(seconds=ts) in microseconds (or raises the same exception)."""
+    def reference(t: float) -> int:
+        return timedelta(seconds=t) // timedelta(microseconds=1)
+
+    def fast(t: float) -> int:
+        micros = _micros(t)
+        timedelta(microseconds=micros)  # the same range check
+        return micros
+
+    assert _outcome(fast, ts) == _outcome(reference, ts)
+
+
+@pytest.mark.parametrize("ts", [0.0005, -0.0005, 1e-7, 0.9995, 0.9999995, -0.9999995,
+                                1_740_823_200.0005, 253_402_300_799.9995, -62_135_596_800.0,
+                                -62_135_596_800.000001, 253_402_300_800.0, 2.5e-7, 5e-7])
+def test_rfc3339_equals_the_reference_at_rounding_edges(ts: float) -> None:
+    """Half-microseconds, millisecond and year-range boundaries render as the datetime formula."""
+    assert _outcome(rfc3339, ts) == _outcome(reference_rfc3339, ts)

@@ -17,7 +17,7 @@ import pytest
 
 from relay.errors import SpoolUnavailable
 from relay.schema import RawPostback
-from relay.spool import DEAD, FORMAT_VERSION, PENDING, PUBLISHED, Outcome, Spool
+from relay.spool import DEAD, FORMAT_VERSION, PENDING, PUBLISHED, Outcome, Spool, row_to_raw
 
 REPO = Path(__file__).resolve().parent.parent
 BIG = 1 << 30
@@ -502,3 +502,13 @@ async def test_only_groups_with_appends_are_fsynced_at_commit(spool: Spool) -> N
     await spool.append(raw())
     assert level() == 2
     assert spool.state_of(raw_id) == PUBLISHED
+
+
+def test_row_to_raw_maps_every_column_to_its_field() -> None:
+    """A row in _COLUMNS order becomes the postback with each column in its own field."""
+    row = (7, "bw", 1_740_823_200.5, "203.0.113.9", "PUT", "/hooks/bw", "a=1",
+           b'[["content-type","application/json"],["user-agent","x"]]', b"body")
+    assert row_to_raw(row) == RawPostback(
+        id=7, source="bw", received_at=1_740_823_200.5, remote_addr="203.0.113.9", method="PUT",
+        path="/hooks/bw", query="a=1",
+        headers=(("content-type", "application/json"), ("user-agent", "x")), body=b"body")

@@ -15,6 +15,7 @@ Dedup keys: statuses ``(type, message.id, top-level to, time, errorCode)``, inbo
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 from relay.errors import NormalisationError
@@ -38,8 +39,10 @@ INBOUND_TYPES = {"message-received", "suggestion-response", "requested-location-
 _CHANNELS: dict[str, Channel] = {"sms": "sms", "mms": "mms", "rbm": "rcs"}
 
 
+@lru_cache(maxsize=4096)
 def error_status(code: int | None) -> Status:
-    """The normalised status of a ``message-failed`` with ``errorCode`` ``code``."""
+    """The normalised status of a ``message-failed`` with ``errorCode`` ``code`` (cached:
+    the same few codes recur)."""
     if code is None:
         return "failed"
     for rule in table(NAME)["error_codes"]:
@@ -59,10 +62,10 @@ def _channel(message: Mapping[str, Any]) -> Channel:
     return "mms" if message.get("media") else "sms"
 
 
-def _receipt_status(item: Mapping[str, Any], kind: str, status: Status, final: bool
-                    ) -> tuple[Status, bool, tuple[str, ...]]:
+def _receipt_status(item: Mapping[str, Any], kind: str, status: Status, final: bool,
+                    code: int | None) -> tuple[Status, bool, tuple[str, ...]]:
     if kind == "message-failed":
-        return error_status(integer(item.get("errorCode"))), True, ()
+        return error_status(code), True, ()
     carrier_only = table(NAME)["carrier_only"]
     description = (text(item.get("description")) or "").lower()
     if kind == "message-delivered" and carrier_only["description_contains"] in description:
@@ -93,6 +96,7 @@ def _event(item: object, raw: RawPostback, ctx: SourceContext, received_at: str)
     sender, from_kind = address(message.get("from"), region)
     carrier_name = text(item.get("carrierName"))
     carrier = Carrier(name=carrier_name) if carrier_name else None
+    when = item.get("time")
     if inbound:
         body = text(message.get("text"))
         if kind == "suggestion-response":
@@ -103,12 +107,12 @@ def _event(item: object, raw: RawPostback, ctx: SourceContext, received_at: str)
             id=event_id(NAME, "inbound", msg_id), type="inbound_message", source=ctx.name,
             provider=NAME, channel=_channel(message), message_id=msg_id, status=None,
             final=False, provider_status=kind, from_=sender, to=to,
-            occurred_at=timestamp(item.get("time")), received_at=received_at, raw_id=raw.id,
+            occurred_at=timestamp(when), received_at=received_at, raw_id=raw.id,
             client_ref=text(message.get("tag")), text=body, media=media,
             segments=integer(message.get("segmentCount")), carrier=carrier,
             from_kind=from_kind, to_kind=to_kind, participants=participants)
-    status, final, flags = _receipt_status(item, kind, status, final)
     code = integer(item.get("errorCode"))
+    status, final, flags = _receipt_status(item, kind, status, final, code)
     error = None
     provider_status = kind
     if kind == "message-failed" or code is not None:
@@ -117,10 +121,10 @@ def _event(item: object, raw: RawPostback, ctx: SourceContext, received_at: str)
         if kind == "message-failed" and code is not None:
             provider_status = f"{kind}:{code}"
     return Event(
-        id=event_id(NAME, kind, msg_id, top_to, text(item.get("time")), code),
+        id=event_id(NAME, kind, msg_id, top_to, text(when), code),
         type="delivery_receipt", source=ctx.name, provider=NAME, channel=_channel(message),
         message_id=msg_id, status=status, final=final, provider_status=provider_status,
-        from_=sender, to=to, occurred_at=timestamp(item.get("time")), received_at=received_at,
+        from_=sender, to=to, occurred_at=timestamp(when), received_at=received_at,
         raw_id=raw.id, client_ref=text(message.get("tag")), error=error,
         segments=integer(message.get("segmentCount")), carrier=carrier, from_kind=from_kind,
         to_kind=to_kind, participants=participants, flags=flags)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
@@ -14,6 +14,8 @@ import orjson
 from relay.errors import NormalisationError
 from relay.numbers import normalise_address
 from relay.schema import AddressKind, Status, rfc3339
+
+_UNKNOWN: tuple[Status, bool] = ("unknown", False)
 
 
 def load_json(body: bytes) -> Any:
@@ -69,17 +71,13 @@ def timestamp(value: object) -> str | None:
     Accepts ISO 8601 with ``Z`` or an offset (naive times are taken as UTC) and UNIX
     seconds or milliseconds.
     """
+    if isinstance(value, str) and _is_rfc3339_utc_ms(value):
+        return value  # the common case first: relay's own format already
     if value is None or isinstance(value, bool):
         return None
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        return _cached_iso(value) if len(value) <= _CACHED_ISO_CHARS else _from_iso(value)
     try:
-        if isinstance(value, str) and not (value.isascii() and value.isdigit()):
-            if _is_rfc3339_utc_ms(value):
-                return value
-            dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00")
-                                        .replace("z", "+00:00"))
-            if dt.tzinfo is not None:
-                dt = dt.astimezone(UTC).replace(tzinfo=None)
-            return dt.isoformat(timespec="milliseconds") + "Z"
         if isinstance(value, int | float | str):
             seconds = float(value)
             if seconds > 1e11:
@@ -88,6 +86,23 @@ def timestamp(value: object) -> str | None:
     except (ValueError, OverflowError, OSError):
         return None
     return None
+
+
+def _from_iso(value: str) -> str | None:
+    """ISO 8601 text as RFC 3339 UTC with milliseconds, or None if unreadable."""
+    try:
+        dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        if dt.tzinfo is not None:
+            dt = dt.astimezone(UTC).replace(tzinfo=None)
+        return dt.isoformat(timespec="milliseconds") + "Z"
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+#: Providers that send whole seconds repeat a time for many postbacks: short times are
+#: cached (only short ones, so a cache entry never holds a large body's text).
+_CACHED_ISO_CHARS = 48
+_cached_iso = lru_cache(maxsize=1024)(_from_iso)
 
 
 def address(value: object, region: str | None) -> tuple[str | None, AddressKind | None]:
@@ -102,12 +117,16 @@ def table(name: str) -> Mapping[str, Any]:
     return tomllib.loads(data.decode())
 
 
+@cache
+def _statuses(name: str) -> Mapping[str, tuple[Status, bool]]:
+    """The ``[statuses]`` table of provider ``name`` as ``key: (status, final)``."""
+    return {key: (entry["status"], bool(entry["final"]))
+            for key, entry in table(name).get("statuses", {}).items()}
+
+
 def status_of(name: str, key: str | None) -> tuple[Status, bool]:
     """``(status, final)`` for ``key`` in the ``[statuses]`` table of provider ``name``.
 
     A key the table does not know maps to ``("unknown", False)``.
     """
-    entry = table(name).get("statuses", {}).get((key or "").lower())
-    if entry is None:
-        return "unknown", False
-    return entry["status"], bool(entry["final"])
+    return _statuses(name).get((key or "").lower(), _UNKNOWN)

@@ -322,7 +322,7 @@ class Spool:
         results.extend(self._run_ops(conn, [op for op in group if not op.append]))
         return results
 
-    def _fail(self, conn: sqlite3.Connection, group: list[_Op], exc: Exception,
+    def _fail(self, conn: sqlite3.Connection, group: list[_Op], exc: sqlite3.Error,
               added: int) -> list[_Result]:
         """Roll back a group the database refused, take back its bytes, fail every op."""
         with contextlib.suppress(sqlite3.Error):
@@ -430,7 +430,7 @@ class Spool:
             try:
                 conn.execute("COMMIT")
                 self._broken = None
-            except Exception as exc:  # whatever it is, the waiters get an answer
+            except sqlite3.Error as exc:
                 results = self._fail(conn, group, exc, added)
             finally:
                 self._lock.release()

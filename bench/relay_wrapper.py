@@ -4,8 +4,8 @@
 
 ``--profile``: cProfile, off at start; SIGUSR1 turns it on, SIGUSR2 off (the bench brackets
 relay's phases with them); the stats go to OUT.prof when relay exits. cProfile sees the
-event-loop thread only: the spool commit and checkpoint threads and ``asyncio.to_thread``
-workers are not in it (the bench reports their CPU time from /proc).
+event-loop thread only: the spool checkpoint thread and ``asyncio.to_thread`` workers are
+not in it (the bench reports their CPU time from /proc).
 
 ``--switch-interval``: ``sys.setswitchinterval`` before relay starts, an experiment on how
 long relay's threads wait for the GIL (CPython's default is 5 ms).

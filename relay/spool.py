@@ -35,32 +35,28 @@ Invariants
 
 Group commit
 ------------
-Writes are made on the event loop that asks for them, on one write connection; only the
-COMMIT (the fsync) is handed to a commit thread. A write is queued and its future
-awaited; the first one queued schedules a flush with ``call_soon``, which runs once the
-callbacks already ready have run, so every request handled in that loop iteration is in
-the group. The flush opens a transaction, inserts the appends (multi-row INSERTs, 200
-rows a statement), runs the other writes (completions from the publisher) and passes
-the transaction to the commit thread. While the disk syncs, the loop goes on serving
-requests; their writes queue up and form the next group, flushed as soon as the commit
-thread hands the results back (one ``call_soon_threadsafe`` per group). So one fsync
-serves a whole group, the loop never waits for the disk, and the only thread hand-off
-is one per group (an earlier writer thread that made every statement itself had to win
-the GIL back from the busy loop after each one).
+Writes are made on the event loop that asks for them, on one write connection. A write
+is queued and its future awaited; the first one queued schedules a flush with
+``call_soon``, which runs once the callbacks already ready have run: every request
+handled in that loop iteration has queued its append by then. The flush inserts the
+appends (multi-row INSERTs, 200 rows a statement), runs the other queued writes
+(completions from the publisher), commits once (one fsync for the whole group) and
+resolves the futures. No thread hand-off: a writer thread had to win the GIL back from
+the busy event loop after every fsync, which cost acks milliseconds.
 
-What else writes runs beside it: WAL checkpoints every second on a thread with a
-connection of its own (``wal_autocheckpoint`` is off; a PASSIVE checkpoint never blocks
-a commit), and pruning in a thread, in transactions of at most 500 rows. A lock,
-held from a group's BEGIN to the end of its COMMIT, serialises those and writes from
-other threads (CLI tools) with the loop's groups. Reads use a second connection (WAL
-readers do not block the writer).
+The loop does block for the commit (an fsync, about 0.3 ms here); a request that arrives
+meanwhile waits in the socket buffer and joins the next group. What could block it for
+long runs elsewhere: WAL checkpoints run every second on a thread of their own
+connection (``wal_autocheckpoint`` is off; a PASSIVE checkpoint never blocks a commit),
+and pruning runs in a thread in transactions of at most 500 rows. A lock serialises
+transactions from threads (pruning, CLI tools) with the loop's flushes. Reads use a
+second connection (WAL readers do not block the writer).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
 import sqlite3
 import threading
 import time
@@ -195,8 +191,6 @@ class _Op:
 
 
 _Result = tuple[_Op, Any, BaseException | None]
-#: A group handed to the commit thread: connection, ops, results, bytes added, its loop.
-_Commit = tuple[sqlite3.Connection, list[_Op], list[_Result], int, asyncio.AbstractEventLoop]
 
 
 class Spool:
@@ -212,9 +206,6 @@ class Spool:
         self._lock = threading.Lock()  # held for each transaction on the write connection
         self._group: list[_Op] = []  # writes queued on the event loop for the next flush
         self._flush_scheduled = False
-        self._committing = False  # a group's COMMIT is with the commit thread
-        self._commits: queue.SimpleQueue[_Commit | None] = queue.SimpleQueue()
-        self._committer: threading.Thread | None = None
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._checkpointer: threading.Thread | None = None
@@ -247,9 +238,6 @@ class Spool:
         self._checkpointer = threading.Thread(target=self._checkpoint_loop,
                                               name="relay-spool-checkpoint", daemon=True)
         self._checkpointer.start()
-        self._committer = threading.Thread(target=self._commit_loop, name="relay-spool-commit",
-                                           daemon=True)
-        self._committer.start()
         return self
 
     def close(self) -> None:
@@ -262,10 +250,6 @@ class Spool:
         if self._checkpointer is not None:
             self._checkpointer.join()
             self._checkpointer = None
-        if self._committer is not None:
-            self._commits.put(None)  # after the commit in hand, if any
-            self._committer.join()
-            self._committer = None
         with self._lock:
             if self._writer is not None:
                 with contextlib.suppress(sqlite3.Error):
@@ -300,42 +284,29 @@ class Spool:
     # --- group commit -----------------------------------------------------------------------
 
     def _transact(self, group: list[_Op]) -> list[_Result]:
-        """Run a group in one transaction on the calling thread (the sync path)."""
+        """Run a group in one transaction (appends first) and commit once; if the database
+        fails, roll back, restore the byte count and fail every op of the group."""
         with self._lock:
             conn = self._writer
             if conn is None:
-                return self._closed(group)
-            before = self._bytes
+                closed = SpoolUnavailable("spool is not open")
+                return [(op, None, closed) for op in group]
+            size_before = self._bytes
             try:
-                results = self._begin_group(conn, group)
+                self._durability(conn, any(op.append for op in group))
+                conn.execute("BEGIN IMMEDIATE")
+                results = self._insert(conn, [op for op in group if op.append])
+                results.extend(self._run_ops(conn, [op for op in group if not op.append]))
                 conn.execute("COMMIT")
                 self._broken = None
             except sqlite3.Error as exc:
-                results = self._fail(conn, group, exc, self._bytes - before)
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                self._bytes = size_before
+                self._broken = f"{type(exc).__name__}: {exc}"
+                error = SpoolUnavailable(f"spool write failed: {exc}")
+                results = [(op, None, error) for op in group]
         return results
-
-    def _begin_group(self, conn: sqlite3.Connection, group: list[_Op]) -> list[_Result]:
-        """Open a transaction and make every write of the group in it (appends first)."""
-        self._durability(conn, any(op.append for op in group))
-        conn.execute("BEGIN IMMEDIATE")
-        results = self._insert(conn, [op for op in group if op.append])
-        results.extend(self._run_ops(conn, [op for op in group if not op.append]))
-        return results
-
-    def _fail(self, conn: sqlite3.Connection, group: list[_Op], exc: sqlite3.Error,
-              added: int) -> list[_Result]:
-        """Roll back a group the database refused, take back its bytes, fail every op."""
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        self._bytes -= added
-        self._broken = f"{type(exc).__name__}: {exc}"
-        error = SpoolUnavailable(f"spool write failed: {exc}")
-        return [(op, None, error) for op in group]
-
-    @staticmethod
-    def _closed(group: list[_Op]) -> list[_Result]:
-        closed = SpoolUnavailable("spool is not open")
-        return [(op, None, closed) for op in group]
 
     def _durability(self, conn: sqlite3.Connection, appends: bool) -> None:
         """``synchronous=FULL`` (fsync at commit) for a group with appends, NORMAL for
@@ -383,68 +354,26 @@ class Spool:
 
     async def _submit(self, fn: Callable[[sqlite3.Connection], T] | None,
                       row: tuple[Any, ...] | None = None) -> T:
-        """Queue a write for this loop's next group and wait until it is committed."""
+        """Queue a write for this loop's next flush and wait until it is committed."""
         if self._writer is None:
             raise SpoolUnavailable("spool is not open")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._group.append(_Op(fn, future, row=row))
-        if not self._flush_scheduled and not self._committing:
+        if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
         return await future
 
     def _flush(self) -> None:
-        """Write every queued op in one transaction and hand its COMMIT to the commit
-        thread (on the event loop, once the callbacks ready before it have queued theirs).
+        """Commit every write queued since the last flush, in one transaction (one fsync).
 
-        The next group waits until that commit is done (see :meth:`_committed`).
+        Runs on the event loop after the callbacks that were ready when the first write
+        was queued, so all the requests handled in one loop iteration share one commit.
         """
         self._flush_scheduled = False
-        if self._committing or not self._group:
-            return
         group, self._group = self._group, []
-        self._lock.acquire()  # waits only behind a prune chunk or a write from a thread
-        conn = self._writer
-        if conn is None:
-            self._lock.release()
-            self._resolve(group, self._closed(group))
-            return
-        before = self._bytes
-        try:
-            results = self._begin_group(conn, group)
-        except sqlite3.Error as exc:
-            results = self._fail(conn, group, exc, self._bytes - before)
-            self._lock.release()
-            self._resolve(group, results)
-            return
-        self._committing = True
-        self._commits.put((conn, group, results, self._bytes - before,
-                           asyncio.get_running_loop()))
-
-    def _commit_loop(self) -> None:
-        """The commit thread: COMMIT (the fsync, without the GIL), release the write lock,
-        hand the results back to the loop that made the group."""
-        while (item := self._commits.get()) is not None:
-            conn, group, results, added, loop = item
-            try:
-                conn.execute("COMMIT")
-                self._broken = None
-            except sqlite3.Error as exc:
-                results = self._fail(conn, group, exc, added)
-            finally:
-                self._lock.release()
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(self._committed, group, results)
-
-    def _committed(self, group: list[_Op], results: list[_Result]) -> None:
-        """On the loop: answer the group's waiters, then start the next group."""
-        self._committing = False
-        self._resolve(group, results)
-        self._flush()
-
-    def _resolve(self, group: list[_Op], results: list[_Result]) -> None:
-        for op, value, error in results:
+        for op, value, error in self._transact(group):
             future = op.future
             if future is None or future.done():
                 continue

@@ -201,7 +201,7 @@ async def _child(settings: Settings, wake: Connection, requests: Connection,
     pipeline = Pipeline(
         store, Normaliser(build(settings)), KafkaPublisher(cfg), topics,
         ForwardingReporter(requests), dedup_window=settings.spool.dedup_window_hours * 3600,
-        ensure=lambda: ensure_topics(cfg, topics.all()))
+        ensure=lambda: ensure_topics(cfg, topics.all()), read_in_thread=False)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -427,3 +427,21 @@ def test_derive_splits_outputs_as_with_consent_on_every_event(outputs: list[Outp
     derived = Normaliser(sources).derive(raw([], source))
     assert derived.error is None
     assert (derived.events, derived.notices) == reference_split(outputs, sources[source].context)
+
+
+async def test_inline_reads_publish_like_threaded_reads(tmp_path: Path) -> None:
+    """With reads on the loop (the publisher process's setting) a step publishes and dedupes alike."""
+    publisher = MemoryPublisher()
+    spool = Spool(tmp_path, 1 << 30).open()
+    pipeline = Pipeline(spool, Normaliser(SOURCES), publisher, TOPICS, Metrics(),
+                        dedup_window=3600, read_in_thread=False)
+    try:
+        await spool.append(raw([item(1), item(2)]))
+        assert await pipeline.step() is True
+        await spool.append(raw([item(2), item(3)]))
+        assert await pipeline.step() is True
+        keys = [r.key for r in publisher.records if r.topic.endswith("delivery-receipts.v1")]
+        assert keys == [b"m1", b"m2", b"m3"]
+        assert spool.stats().pending == 0
+    finally:
+        spool.close()

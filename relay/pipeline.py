@@ -481,8 +481,10 @@ class Pipeline:
         """Let every batch in flight finish (their errors were or will be retried)."""
         while self._in_flight:
             await asyncio.wait(self._in_flight)
-            with contextlib.suppress(Exception):
+            try:
                 self._collect()
+            except Exception as exc:  # its rows stay pending: read again after the drain
+                log.warning("publish_failed", problem=str(exc))
 
     async def _take(self) -> tuple[list[Derived], Batch] | None:
         """Read and derive the next pending rows after the cursor; None if there are none."""

@@ -19,7 +19,7 @@ commits never wait on another process's lock. The two talk over three one-way pi
     parent -> child   replies: ``("ok", n, None)`` once those outcomes are committed, or
                       ``("error", n, text)``.
 
-The child stops on SIGTERM: it finishes the batch in hand, flushes the producer and exits;
+The child stops on SIGTERM: it finishes the batches in flight, flushes the producer and exits;
 whatever is unpublished stays pending in the spool. It ignores SIGINT (a terminal's Ctrl-C
 reaches the parent, which then stops it). If it dies, the parent starts a new one.
 """

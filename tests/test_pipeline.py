@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import orjson
@@ -296,19 +297,28 @@ class GatedPublisher(MemoryPublisher):
         return await super().send_all(records)
 
 
-async def _running(tmp_path: Path, publisher: MemoryPublisher, batch_size: int,
-                   first: Sequence[RawPostback]) -> tuple[Pipeline, Spool, asyncio.Task[None]]:
-    """A running pipeline over a spool that holds ``first`` when it starts."""
+@contextlib.asynccontextmanager
+async def _running(tmp_path: Path, publisher: GatedPublisher, batch_size: int,
+                   first: Sequence[RawPostback]) -> AsyncIterator[Spool]:
+    """A running pipeline over a spool that holds ``first`` when it starts; stopped after."""
     spool = Spool(tmp_path, 1 << 30).open()
     for r in first:
         await spool.append(r)
     pipeline = Pipeline(spool, Normaliser(SOURCES), publisher, TOPICS, Metrics(),
                         dedup_window=3600, batch_size=batch_size)
     spool.on_commit = pipeline.wake
-    return pipeline, spool, asyncio.create_task(pipeline.run())
+    task = asyncio.create_task(pipeline.run())
+    try:
+        yield spool
+    finally:
+        publisher.release.set()
+        await pipeline.stop()
+        task.cancel()
+        spool.close()
 
 
 async def _until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Wait until ``condition()`` holds, or fail after ``seconds``."""
     for _ in range(int(seconds / 0.01)):
         if condition():
             return
@@ -319,9 +329,7 @@ async def _until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
 async def test_next_batch_is_sent_while_the_first_waits_for_kafka(tmp_path: Path) -> None:
     """Rows committed while a batch waits for Kafka's ack are sent without waiting for it."""
     publisher = GatedPublisher(held=1)
-    pipeline, spool, task = await _running(tmp_path, publisher, 2,
-                                           [raw([item(0)]), raw([item(1)])])
-    try:
+    async with _running(tmp_path, publisher, 2, [raw([item(0)]), raw([item(1)])]) as spool:
         await _until(lambda: publisher.calls == 1)
         await asyncio.gather(spool.append(raw([item(2)])), spool.append(raw([item(3)])))
         await _until(lambda: publisher.calls == 2)  # the first is still held
@@ -329,19 +337,13 @@ async def test_next_batch_is_sent_while_the_first_waits_for_kafka(tmp_path: Path
         assert spool.stats().pending == 2
         publisher.release.set()
         await _until(lambda: spool.stats().pending == 0)
-    finally:
-        publisher.release.set()
-        await pipeline.stop()
-        task.cancel()
-        spool.close()
 
 
 async def test_retry_in_a_later_batch_is_published_once_while_first_in_flight(
         tmp_path: Path) -> None:
     """A provider retry landing in the next batch, while the first is in flight, is a duplicate."""
     publisher = GatedPublisher(held=1)
-    pipeline, spool, task = await _running(tmp_path, publisher, 1, [raw([item(5)])])
-    try:
+    async with _running(tmp_path, publisher, 1, [raw([item(5)])]) as spool:
         await _until(lambda: publisher.calls == 1)
         await spool.append(raw([item(5)]))
         await _until(lambda: publisher.calls == 2)
@@ -349,19 +351,13 @@ async def test_retry_in_a_later_batch_is_published_once_while_first_in_flight(
         await _until(lambda: spool.stats().pending == 0)
         receipts = [r for r in publisher.records if r.topic.endswith("delivery-receipts.v1")]
         assert len(receipts) == 1
-    finally:
-        publisher.release.set()
-        await pipeline.stop()
-        task.cancel()
-        spool.close()
 
 
 async def test_failed_batch_is_retried_after_later_batches_without_republishing_them(
         tmp_path: Path) -> None:
     """When the first batch fails and the second succeeds, the retry sends only the first's rows."""
     publisher = GatedPublisher(held=1, fail_first=True)
-    pipeline, spool, task = await _running(tmp_path, publisher, 1, [raw([item(1)])])
-    try:
+    async with _running(tmp_path, publisher, 1, [raw([item(1)])]) as spool:
         await _until(lambda: publisher.calls == 1)
         await spool.append(raw([item(2)]))
         await _until(lambda: publisher.calls == 2)
@@ -370,11 +366,6 @@ async def test_failed_batch_is_retried_after_later_batches_without_republishing_
         receipts = [r.key for r in publisher.records if r.topic.endswith("delivery-receipts.v1")]
         assert sorted(receipts) == [b"m1", b"m2"]
         assert publisher.sent[2:] == [[b"m1"]]
-    finally:
-        publisher.release.set()
-        await pipeline.stop()
-        task.cancel()
-        spool.close()
 
 
 # --- derive: the receipt fast path equals running every event through with_consent ---------

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import INT64, json_documents
 
 from relay.errors import ConfigError
 from relay.settings import (
@@ -575,17 +576,12 @@ def test_load_directory_is_config_error(tmp_path: Path) -> None:
 # --- property: anything TOML can hold fails only with ConfigError -----------------------------
 
 _scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),
+    st.none(), st.booleans(), INT64,
     st.floats(allow_nan=False), st.text(max_size=12),
     st.sampled_from(["env:PW", "env:NOPE", "file:/nonexistent", "127.0.0.1/8", "k:9092",
                      "SASL_SSL", "PLAIN", "US", "zstd", "debug", "json"]),
 )  # fmt: skip
-_values = st.recursive(
-    _scalars,
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=12,
-)
+_values = json_documents(_scalars, st.text(max_size=8), max_size=4, max_leaves=12)
 _SOURCE_KEYS = ["name", "provider", "allow_ips", "basic_auth", "tokens", "default_region",
                 "max_body_bytes", "keywords", "username", "password", "opt_out"]  # fmt: skip
 _TABLE_KEYS = {

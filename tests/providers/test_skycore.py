@@ -13,6 +13,7 @@ from harness import consume, make_settings, relay_server, validate
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
+from strategies import INT64, json_documents
 
 from relay.app import create_app
 from relay.errors import NormalisationError
@@ -281,14 +282,12 @@ _keys = st.sampled_from(["origin", "code", "status", "status-details", "from", "
                          "timestamp", "operator-id", "operator-name", "tracking-id", "trackingid",
                          "client-reference", "campaign-ref", "sent-as", "message-text",
                          "keyword", "content", "copy-to", "file", "number", "content-type"])
-_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),
+_scalars = st.one_of(st.none(), st.booleans(), INT64,
                      st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20),
                      st.sampled_from(["MMS_MT", "SMS_MO", "MMS_MO", "N101", "E102", "N202",
                                       "N003", "N401", "17745550001", "28444", "310012", "²³",
                                       "http://[bad", "x.smil", "Unrecognised"]))  # fmt: skip
-_json = st.recursive(_scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(_keys | st.text(max_size=5), inner, max_size=8)),
-    max_leaves=24)  # fmt: skip
+_json = json_documents(_scalars, _keys | st.text(max_size=5), max_size=8, max_leaves=24)
 
 
 @settings(max_examples=300, deadline=None)

@@ -57,6 +57,21 @@ def make_settings(tmp: Path, *, kafka: str | None, sources: Sequence[Mapping[str
     return parse(data, environ=environ or {}, base=tmp)
 
 
+def spool_and_kafka_toml(tmp: Path, bootstrap: str, prefix: str) -> str:
+    """The ``[spool]`` and ``[kafka]`` tables of a test's config file: the spool under
+    ``tmp``, topics under ``prefix``, auto-created, short timeouts."""
+    return f"""
+[spool]
+dir = "{tmp / 'spool'}"
+[kafka]
+bootstrap_servers = ["{bootstrap}"]
+topic_prefix = "{prefix}"
+create_topics = true
+partitions = 2
+request_timeout_ms = 5000
+"""
+
+
 def basic(user: str, password: str) -> dict[str, str]:
     """An Authorization header for HTTP Basic."""
     token = base64.b64encode(f"{user}:{password}".encode()).decode()

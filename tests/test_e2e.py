@@ -19,6 +19,7 @@ from harness import (
     headers_of,
     make_settings,
     relay_server,
+    spool_and_kafka_toml,
     unique_prefix,
     validate,
 )
@@ -150,23 +151,15 @@ async def test_kafka_down_then_up_delivers_every_event_exactly_once(
 
 def _write_config(tmp_path: Path, bootstrap: str, prefix: str) -> Path:
     config = tmp_path / "relay.toml"
-    config.write_text(f"""
+    config.write_text(spool_and_kafka_toml(tmp_path, bootstrap, prefix) + """
 [server]
 host = "127.0.0.1"
-[spool]
-dir = "{tmp_path / 'spool'}"
-[kafka]
-bootstrap_servers = ["{bootstrap}"]
-topic_prefix = "{prefix}"
-create_topics = true
-partitions = 2
-request_timeout_ms = 5000
 [log]
 format = "json"
 [[sources]]
 name = "bw"
 provider = "bandwidth"
-basic_auth = {{ username = "relay", password = "env:BW_PASS" }}
+basic_auth = { username = "relay", password = "env:BW_PASS" }
 """)
     return config
 

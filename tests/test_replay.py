@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from harness import consume, headers_of, relay_server, unique_prefix
+from harness import consume, headers_of, relay_server, spool_and_kafka_toml, unique_prefix
 
 from relay.replay import Filters, RateLimiter, spool_rows
 from relay.service import Service
@@ -31,15 +31,7 @@ def write_config(tmp_path: Path, bootstrap: str, prefix: str, *, statuses: str,
                  message_id: str = "data.id", name: str = "relay.toml") -> Path:
     """A relay config with a generic source 'acme' and a Bandwidth source 'bw'."""
     path = tmp_path / name
-    path.write_text(f"""
-[spool]
-dir = "{tmp_path / 'spool'}"
-[kafka]
-bootstrap_servers = ["{bootstrap}"]
-topic_prefix = "{prefix}"
-create_topics = true
-partitions = 2
-request_timeout_ms = 5000
+    path.write_text(spool_and_kafka_toml(tmp_path, bootstrap, prefix) + f"""
 [[sources]]
 name = "acme"
 provider = "generic"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import signal
 import sqlite3
@@ -388,6 +389,40 @@ async def test_checkpoint_thread_copies_the_wal_into_the_database(tmp_path: Path
     finally:
         idle.close()
         busy.close()
+
+
+async def test_wal_starts_over_under_steady_load(tmp_path: Path) -> None:
+    """With commits never pausing, checkpoints still let the WAL start over, so its file
+    stays a fraction of what was written instead of growing with the load."""
+    spool = Spool(tmp_path / "spool", BIG, checkpoint_interval=0.02).open()
+    wal = f"{spool.path}-wal"
+    written = 0
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        while written < 24 << 20 or loop.time() - started < 0.5:  # dozens of checkpoints
+            await asyncio.gather(*(spool.append(raw(b"x" * 4000)) for _ in range(20)))
+            written += 20 * 4000
+        assert await asyncio.to_thread(os.path.getsize, wal) < written // 3
+    finally:
+        spool.close()
+
+
+def test_checkpoint_copies_everything_and_the_next_commit_reuses_the_wal(tmp_path: Path
+                                                                          ) -> None:  # fmt: skip
+    """checkpoint() copies the whole WAL; the next commit writes from the WAL's start."""
+    spool = Spool(tmp_path / "spool", BIG, checkpoint_interval=3600).open()
+    conn = sqlite3.connect(spool.path, isolation_level=None)
+    try:
+        for _ in range(50):
+            spool.append_sync(raw(b"x" * 4000))
+        assert spool.checkpoint(conn) is True
+        spool.append_sync(raw(b"y"))
+        frames = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+        assert 0 < frames < 10  # one small commit's pages, not 50 rows' worth on top
+    finally:
+        conn.close()
+        spool.close()
 
 
 # --- select / dead letters / stats ------------------------------------------------------------

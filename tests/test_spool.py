@@ -392,9 +392,10 @@ async def test_checkpoint_thread_copies_the_wal_into_the_database(tmp_path: Path
 
 
 async def test_wal_starts_over_under_steady_load(tmp_path: Path) -> None:
-    """With commits never pausing, checkpoints still let the WAL start over, so its file
-    stays a fraction of what was written instead of growing with the load."""
-    spool = Spool(tmp_path / "spool", BIG, checkpoint_interval=0.02).open()
+    """With commits never pausing, checkpoints still let the WAL start over once it is
+    long, so its file stays a fraction of what was written instead of growing."""
+    spool = Spool(tmp_path / "spool", BIG, checkpoint_interval=0.02,
+                  wal_restart_frames=256).open()
     wal = f"{spool.path}-wal"
     written = 0
     loop = asyncio.get_running_loop()
@@ -410,8 +411,9 @@ async def test_wal_starts_over_under_steady_load(tmp_path: Path) -> None:
 
 def test_checkpoint_copies_everything_and_the_next_commit_reuses_the_wal(tmp_path: Path
                                                                           ) -> None:  # fmt: skip
-    """checkpoint() copies the whole WAL; the next commit writes from the WAL's start."""
-    spool = Spool(tmp_path / "spool", BIG, checkpoint_interval=3600).open()
+    """checkpoint() copies the whole WAL, and the next commit writes from its start."""
+    spool = Spool(tmp_path / "spool", BIG, checkpoint_interval=3600,
+                  wal_restart_frames=50).open()
     conn = sqlite3.connect(spool.path, isolation_level=None)
     try:
         for _ in range(50):

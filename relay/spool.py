@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -313,6 +314,9 @@ class Spool:
         else:
             return False  # a reader holds an old snapshot; the next round tries again
         if frames >= self.wal_restart_frames:
+            # Sync the pages the passes above wrote, so the pass under the lock, which
+            # syncs the database when it reaches the WAL's end, has only its own to sync.
+            _fsync(self.path)
             with self._lock:  # even if all was copied: a commit in flight may have added more
                 _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         return bool(frames == copied)
@@ -587,6 +591,15 @@ class Spool:
     def broken(self) -> str | None:
         """The last write error, or None if the last group committed."""
         return self._broken
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's written pages to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _complete(conn: sqlite3.Connection, outcomes: Sequence[Outcome], stamp: float) -> None:

@@ -30,17 +30,15 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
-import pickle
 import signal
-import struct
 from collections.abc import Iterable, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
 
 from relay.errors import SpoolUnavailable
 from relay.observability import Metrics, configure_logging, get_logger
 from relay.pipeline import Normaliser, Pipeline
+from relay.pipes import Frames
 from relay.publish import KafkaPublisher, Topics, ensure_topics
 from relay.schema import RawPostback
 from relay.settings import Settings
@@ -81,43 +79,6 @@ class ForwardingReporter:
 
     def kafka(self, connected: bool, problem: str | None) -> None:
         self._send("kafka", connected, problem)
-
-
-class Frames:
-    """Messages read from a pipe that a :class:`Connection` writes into, without blocking.
-
-    The fd is made non-blocking (an event loop watches it; uvloop would do so anyway), so
-    ``Connection.recv`` could meet half a message (writes over 4 KiB are not atomic) and
-    fail. This reads what is there and yields only whole frames: a 4-byte big-endian
-    length, then a pickle
-    (``Connection.send``'s format).
-    """
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        os.set_blocking(fd, False)
-        self.buffer = bytearray()
-        self.closed = False
-
-    def read(self) -> list[Any]:
-        """The whole messages available now (``closed`` is set at end of file)."""
-        while True:
-            try:
-                chunk = os.read(self.fd, 1 << 16)
-            except BlockingIOError:
-                break
-            if not chunk:
-                self.closed = True
-                break
-            self.buffer += chunk
-        messages = []
-        while len(self.buffer) >= 4:
-            (size,) = struct.unpack("!i", self.buffer[:4])
-            if len(self.buffer) < 4 + size:
-                break
-            messages.append(pickle.loads(self.buffer[4:4 + size]))  # noqa: S301 (our child)
-            del self.buffer[:4 + size]
-        return messages
 
 
 # --- the child --------------------------------------------------------------------------------

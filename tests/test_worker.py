@@ -23,30 +23,6 @@ from harness import (
 from test_e2e import ENV, _write_config, dlr
 
 from relay.service import Service
-from relay.worker import Frames
-
-
-def test_frames_wait_for_whole_messages() -> None:
-    """A message written in pieces (as pipes split large writes) is read only once whole."""
-    import multiprocessing
-    import pickle
-    import struct
-
-    read, write = multiprocessing.Pipe(duplex=False)
-    os.set_blocking(read.fileno(), False)
-    frames = Frames(read.fileno())
-    payload = pickle.dumps(("complete", 1, ["x" * 30_000], None))
-    frame = struct.pack("!i", len(payload)) + payload
-    assert frames.read() == []
-    os.write(write.fileno(), frame[:5000])
-    assert frames.read() == []
-    os.write(write.fileno(), frame[5000:] + frame)
-    assert frames.read() == [("complete", 1, ["x" * 30_000], None)] * 2
-    write.send(("kafka", True, None))
-    assert frames.read() == [("kafka", True, None)]
-    write.close()
-    assert frames.read() == [] and frames.closed
-
 
 AUTH = basic("relay", "s3cret-for-tests")
 BW = {"name": "bw", "provider": "bandwidth",

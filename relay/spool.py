@@ -35,7 +35,10 @@ Invariants
 
 Group commit
 ------------
-Writes are made on the event loop that asks for them, on one write connection. A write
+``relay serve`` makes its writes in a writer process (:mod:`relay.writer`), which runs
+each batch of requests it reads as one group with :meth:`Spool.transact`. In one process
+(tests with their own publisher, CLI tools), writes are made on the event loop that asks
+for them, on one write connection, as follows. A write
 is queued and its future awaited; the first one queued schedules a flush with
 ``call_soon``, which runs once the callbacks already ready have run: every request
 handled in that loop iteration has queued its append by then. The flush inserts the
@@ -185,7 +188,7 @@ class DeadLetter:
     size: int
 
 
-class _Op:
+class WriteOp:
     """A write in a group: ``fn`` to run, or (an append) ``row`` to insert."""
 
     __slots__ = ("append", "fn", "future", "row")
@@ -199,7 +202,7 @@ class _Op:
         self.append = row is not None
 
 
-_Result = tuple[_Op, Any, BaseException | None]
+WriteResult = tuple[WriteOp, Any, BaseException | None]
 
 
 class Spool:
@@ -215,7 +218,7 @@ class Spool:
         self.checkpoint_interval = checkpoint_interval
         self.wal_restart_frames = wal_restart_frames
         self._lock = threading.Lock()  # held for each transaction on the write connection
-        self._group: list[_Op] = []  # writes queued on the event loop for the next flush
+        self._group: list[WriteOp] = []  # writes queued on the event loop for the next flush
         self._flush_scheduled = False
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
@@ -271,6 +274,14 @@ class Spool:
                     conn.close()
             self._writer = self._reader = None
 
+    async def start(self) -> None:
+        """:meth:`open`, from an event loop (the service's lifecycle)."""
+        await asyncio.to_thread(self.open)
+
+    async def stop(self) -> None:
+        """:meth:`close`, from an event loop."""
+        await asyncio.to_thread(self.close)
+
     def __enter__(self) -> Spool:
         return self.open()
 
@@ -323,9 +334,12 @@ class Spool:
 
     # --- group commit -----------------------------------------------------------------------
 
-    def _transact(self, group: list[_Op]) -> list[_Result]:
+    def transact(self, group: list[WriteOp]) -> list[WriteResult]:
         """Run a group in one transaction (appends first) and commit once; if the database
-        fails, roll back, restore the byte count and fail every op of the group."""
+        fails, roll back, restore the byte count and fail every op of the group.
+
+        Blocks for the commit; the writer process (:mod:`relay.writer`) calls it directly.
+        """
         with self._lock:
             conn = self._writer
             if conn is None:
@@ -357,11 +371,11 @@ class Spool:
             conn.execute(f"PRAGMA synchronous={'FULL' if appends else 'NORMAL'}")
             self._fsync_commits = appends
 
-    def _insert(self, conn: sqlite3.Connection, appends: list[_Op]) -> list[_Result]:
+    def _insert(self, conn: sqlite3.Connection, appends: list[WriteOp]) -> list[WriteResult]:
         """Insert appends with multi-row INSERTs (200 rows a statement); refuse those over
         the size cap."""
-        results: list[_Result] = []
-        accepted: list[_Op] = []
+        results: list[WriteResult] = []
+        accepted: list[WriteOp] = []
         for op in appends:
             assert op.row is not None
             if self._bytes + op.row[8] > self.max_bytes:
@@ -379,9 +393,9 @@ class Spool:
         return results
 
     @staticmethod
-    def _run_ops(conn: sqlite3.Connection, ops: list[_Op]) -> list[_Result]:
+    def _run_ops(conn: sqlite3.Connection, ops: list[WriteOp]) -> list[WriteResult]:
         """Other writes (completions, marks); a database error fails the whole group."""
-        results: list[_Result] = []
+        results: list[WriteResult] = []
         for op in ops:
             assert op.fn is not None
             try:
@@ -399,7 +413,7 @@ class Spool:
             raise SpoolUnavailable("spool is not open")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._group.append(_Op(fn, future, row=row))
+        self._group.append(WriteOp(fn, future, row=row))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
@@ -413,7 +427,7 @@ class Spool:
         """
         self._flush_scheduled = False
         group, self._group = self._group, []
-        for op, value, error in self._transact(group):
+        for op, value, error in self.transact(group):
             future = op.future
             if future is None or future.done():
                 continue
@@ -429,7 +443,7 @@ class Spool:
         """Run a write in its own transaction from any thread (CLI tools, replay)."""
         if self._writer is None:
             raise SpoolUnavailable("spool is not open")
-        ((_, value, error),) = self._transact([_Op(fn, row=row)])
+        ((_, value, error),) = self.transact([WriteOp(fn, row=row)])
         if error is not None:
             raise error
         return value  # type: ignore[no-any-return]
@@ -458,7 +472,7 @@ class Spool:
         """Record that Kafka acknowledged everything derived from these rows (in the same
         transaction as the appends queued with it)."""
         stamp = time.time() if now is None else now
-        await self._submit(partial(_complete, outcomes=outcomes, stamp=stamp))
+        await self._submit(completion(outcomes, stamp))
 
     def complete_sync(self, outcomes: Sequence[Outcome], now: float | None = None) -> None:
         """:meth:`complete` for code without an event loop (replay)."""
@@ -600,6 +614,11 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def completion(outcomes: Sequence[Outcome], stamp: float) -> Callable[[sqlite3.Connection], None]:
+    """The write that records ``outcomes`` (picklable: the writer process runs it)."""
+    return partial(_complete, outcomes=tuple(outcomes), stamp=stamp)
 
 
 def _complete(conn: sqlite3.Connection, outcomes: Sequence[Outcome], stamp: float) -> None:

@@ -24,6 +24,7 @@ from relay.sources import Source, build
 from relay.spool import Spool
 from relay.verify import Request, client_address
 from relay.worker import Worker
+from relay.writer import SpoolProcess
 
 log = get_logger("relay.service")
 
@@ -47,9 +48,10 @@ class Incoming:
 class Service:
     """The running relay: receive postbacks; publish them in the background.
 
-    With Kafka configured, publishing runs in a child process (:mod:`relay.worker`), off
-    the ack path's core. A ``publisher`` passed in (tests) runs the same pipeline as a task
-    in this process instead.
+    The spool's writes are made by a writer process (:mod:`relay.writer`), and with Kafka
+    configured, publishing runs in a publisher process (:mod:`relay.worker`): the event
+    loop here only receives, verifies and answers. A ``publisher`` passed in (tests) runs
+    the same pipeline as a task in this process, on a spool written in this process.
     """
 
     def __init__(self, settings: Settings, *, publisher: Publisher | None = None,
@@ -59,7 +61,9 @@ class Service:
         self.metrics = Metrics()
         self.sources: dict[str, Source] = dict(build(settings))
         self.topics = Topics(settings.kafka.topic_prefix)
-        self.spool = Spool(settings.spool.dir, settings.spool.max_bytes, on_commit=self._committed)
+        spool_class = Spool if publisher is not None else SpoolProcess
+        self.spool: Spool = spool_class(settings.spool.dir, settings.spool.max_bytes,
+                                        on_commit=self._committed)
         self.pipeline: Pipeline | None = None
         self.worker: Worker | None = None
         if publisher is not None:
@@ -84,7 +88,7 @@ class Service:
         Raises :class:`ConfigError` if Kafka answers and a topic is missing (and may not be
         created). Kafka unreachable is not an error: postbacks wait in the spool.
         """
-        await asyncio.to_thread(self.spool.open)
+        await self.spool.start()
         if not self.settings.kafka.configured and self.pipeline is None:
             log.warning("kafka_not_configured",
                         detail="no [kafka] bootstrap_servers: postbacks are acknowledged and "
@@ -104,7 +108,7 @@ class Service:
                 ensure_topics(self.settings.kafka, self.topics.all()), 15)
         except ConfigError as exc:
             log.error("kafka_topics_missing", problem=str(exc))
-            await asyncio.to_thread(self.spool.close)
+            await self.spool.stop()
             raise
         except (PublishError, TimeoutError) as exc:
             problem = str(exc) or "timeout"
@@ -128,7 +132,7 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        await asyncio.to_thread(self.spool.close)
+        await self.spool.stop()
         log.info("relay_stopped")
 
     async def _prune_loop(self) -> None:

@@ -326,6 +326,8 @@ class Worker:
                 process.kill()
                 await asyncio.to_thread(process.join, 5)
         self._read_reports()
+        if self._completing:  # commit what the publisher reported done before the spool stops
+            await asyncio.gather(*self._completing, return_exceptions=True)
         self._close_pipes()
 
     @property

@@ -95,13 +95,15 @@ async def test_dead_publisher_is_restarted_and_nothing_is_lost(
 
 @pytest.mark.kafka
 def test_publisher_exits_when_relay_is_killed(kafka_bootstrap: str, tmp_path: Path) -> None:
-    """After kill -9 of relay, its publisher process notices and exits by itself."""
+    """After kill -9 of relay, its publisher and spool writer processes notice and exit by
+    themselves."""
     proc = RelayProcess(_write_config(tmp_path, kafka_bootstrap, unique_prefix()), free_port(),
                         ENV)
     proc.start()
     assert proc.proc is not None
     kids = children(proc.proc.pid)
-    assert kids, "relay serve with Kafka configured runs a publisher process"
+    spawned = [k for k in kids if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()]
+    assert len(spawned) == 2, "relay serve with Kafka runs a spool writer and a publisher"
     proc.kill()
     deadline = time.monotonic() + 15
     while any(alive(k) for k in kids) and time.monotonic() < deadline:

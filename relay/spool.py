@@ -318,16 +318,20 @@ class Spool:
         is why it runs only every ``wal_restart_frames``, not every round. Returns
         whether the WAL was copied in full.
         """
-        for _ in range(_CHECKPOINT_PASSES):  # each pass copies what came in meanwhile
-            _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            if frames - copied <= _CHECKPOINT_TAIL:
-                break
-        else:
-            return False  # a reader holds an old snapshot; the next round tries again
-        if frames >= self.wal_restart_frames:
-            # Sync the pages the passes above wrote, so the pass under the lock, which
-            # syncs the database when it reaches the WAL's end, has only its own to sync.
+        try:
+            for _ in range(_CHECKPOINT_PASSES):  # each pass copies what came in meanwhile
+                _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if frames - copied <= _CHECKPOINT_TAIL:
+                    break
+            else:
+                return False  # a reader holds an old snapshot; the next round tries again
+        finally:
+            # SQLite syncs the database only after a pass that reached the WAL's end,
+            # which under load is rare: the pages copied would pile up in the page cache
+            # and then be flushed at once, stalling the commits' fsyncs on the same disk
+            # for tens of ms. Syncing every round flushes about a second's worth.
             _fsync(self.path)
+        if frames >= self.wal_restart_frames:
             with self._lock:  # even if all was copied: a commit in flight may have added more
                 _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         return bool(frames == copied)

@@ -12,10 +12,11 @@ commits never wait on another process's lock. The two talk over three one-way pi
     parent -> child   wake: a raw pipe; one byte per spool commit ("new rows";
                       non-blocking: a full pipe already means "wake up"); EOF means the
                       parent is gone, and the child stops.
-    child -> parent   requests: a multiprocessing Connection carrying reports
-                      ``(name, *args)`` applied to the parent's
-                      :class:`~relay.observability.Metrics` (what /metrics and /readyz
-                      show), and ``("complete", n, outcomes, now)``: mark rows done.
+    child -> parent   requests: a multiprocessing Connection carrying, one list per
+                      event-loop iteration, reports ``(name, *args)`` applied to the
+                      parent's :class:`~relay.observability.Metrics` (what /metrics and
+                      /readyz show) and ``("complete", n, outcomes, now)``: mark rows
+                      done (the parent relays it to the spool writer process).
     parent -> child   replies: ``("ok", n, None)`` once those outcomes are committed, or
                       ``("error", n, text)``.
 
@@ -31,9 +32,10 @@ import contextlib
 import multiprocessing
 import os
 import signal
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 from relay.errors import SpoolUnavailable
 from relay.observability import Metrics, configure_logging, get_logger
@@ -52,33 +54,58 @@ REPORTS = frozenset({"published", "duplicated", "dead_lettered", "noticed",
                      "publish_failed", "kafka"})
 
 
+class Outbox:
+    """Messages to the parent, sent as one list per event-loop iteration.
+
+    A batch's reports and its completion request go in one pipe write, so at low rates
+    (a batch per postback) the parent wakes once per batch, not once per report.
+    """
+
+    def __init__(self, conn: Connection, on_error: Callable[[str], None]) -> None:
+        self.conn = conn
+        self.on_error = on_error
+        self._queued: list[tuple[Any, ...]] = []
+
+    def put(self, *message: Any) -> None:
+        """Queue a message; the first one of an iteration schedules the send."""
+        if not self._queued:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._queued.append(message)
+
+    def flush(self) -> None:
+        """Send what is queued as one message."""
+        queued, self._queued = self._queued, []
+        if not queued:
+            return
+        try:
+            self.conn.send(queued)
+        except (OSError, ValueError) as exc:
+            self.on_error(f"parent unreachable: {exc}")
+
+
 class ForwardingReporter:
     """A :class:`~relay.pipeline.Reporter` that sends every report to the parent."""
 
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-
-    def _send(self, *message: object) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self.conn.send(message)
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
 
     def published(self, topic: str, count: int) -> None:
-        self._send("published", topic, count)
+        self.outbox.put("published", topic, count)
 
     def duplicated(self, source: str, count: int) -> None:
-        self._send("duplicated", source, count)
+        self.outbox.put("duplicated", source, count)
 
     def dead_lettered(self, source: str) -> None:
-        self._send("dead_lettered", source)
+        self.outbox.put("dead_lettered", source)
 
     def noticed(self, source: str, code: str) -> None:
-        self._send("noticed", source, code)
+        self.outbox.put("noticed", source, code)
 
     def publish_failed(self) -> None:
-        self._send("publish_failed")
+        self.outbox.put("publish_failed")
 
     def kafka(self, connected: bool, problem: str | None) -> None:
-        self._send("kafka", connected, problem)
+        self.outbox.put("kafka", connected, problem)
 
 
 # --- the child --------------------------------------------------------------------------------
@@ -89,7 +116,7 @@ class RemoteStore:
 
     def __init__(self, spool: Spool, requests: Connection, replies: Connection) -> None:
         self.spool = spool
-        self.requests = requests
+        self.outbox = Outbox(requests, self.fail_all)
         self.replies = Frames(replies.fileno())
         self._waiting: dict[int, asyncio.Future[None]] = {}
         self._next = 0
@@ -105,11 +132,7 @@ class RemoteStore:
         self._next += 1
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting[self._next] = future
-        try:
-            self.requests.send(("complete", self._next, list(outcomes), now))
-        except (OSError, ValueError) as exc:
-            self._waiting.pop(self._next, None)
-            raise SpoolUnavailable(f"parent unreachable: {exc}") from None
+        self.outbox.put("complete", self._next, list(outcomes), now)
         await future
 
     def on_reply(self) -> None:
@@ -161,7 +184,7 @@ async def _child(settings: Settings, wake: Connection, requests: Connection,
     topics = Topics(cfg.topic_prefix)
     pipeline = Pipeline(
         store, Normaliser(build(settings)), KafkaPublisher(cfg), topics,
-        ForwardingReporter(requests), dedup_window=settings.spool.dedup_window_hours * 3600,
+        ForwardingReporter(store.outbox), dedup_window=settings.spool.dedup_window_hours * 3600,
         ensure=lambda: ensure_topics(cfg, topics.all()), read_in_thread=False)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -259,7 +282,7 @@ class Worker:
             messages = frames.read()
         except OSError:
             messages, frames.closed = [], True
-        for name, *args in messages:
+        for name, *args in (report for message in messages for report in message):
             if name == "complete":
                 task = asyncio.get_running_loop().create_task(
                     self._complete(self._replies, *args))

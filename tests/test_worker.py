@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import os
 import signal
 import time
@@ -22,11 +23,49 @@ from harness import (
 )
 from test_e2e import ENV, _write_config, dlr
 
+from relay.errors import SpoolUnavailable
 from relay.service import Service
+from relay.spool import PUBLISHED, Outcome, Spool
+from relay.worker import ForwardingReporter, Outbox, RemoteStore
 
 AUTH = basic("relay", "s3cret-for-tests")
 BW = {"name": "bw", "provider": "bandwidth",
       "basic_auth": {"username": "relay", "password": "env:BW_PASS"}}
+
+
+async def test_outbox_sends_one_message_per_loop_iteration() -> None:
+    """Reports and a completion queued in one event-loop iteration reach the parent as one
+    pipe message, in order."""
+    read, write = multiprocessing.Pipe(duplex=False)
+    errors: list[str] = []
+    outbox = Outbox(write, errors.append)
+    reporter = ForwardingReporter(outbox)
+    reporter.published("t1", 2)
+    reporter.duplicated("bw", 1)
+    outbox.put("complete", 7, [], None)
+    assert not read.poll()  # nothing sent before the loop runs the flush
+    await asyncio.sleep(0)
+    assert read.recv() == [("published", "t1", 2), ("duplicated", "bw", 1),
+                           ("complete", 7, [], None)]
+    reporter.kafka(True, None)
+    await asyncio.sleep(0)
+    assert read.recv() == [("kafka", True, None)] and not read.poll() and errors == []
+
+
+async def test_completion_fails_when_the_parent_is_gone(tmp_path: Path) -> None:
+    """A completion that cannot be sent fails with SpoolUnavailable instead of waiting."""
+    spool = Spool(tmp_path / "spool", 1 << 20).open()
+    requests_read, requests = multiprocessing.Pipe(duplex=False)
+    replies, replies_write = multiprocessing.Pipe(duplex=False)
+    store = RemoteStore(spool, requests, replies)
+    requests_read.close()  # the parent's end: writes now fail
+    try:
+        with pytest.raises(SpoolUnavailable, match="parent unreachable"):
+            await asyncio.wait_for(store.complete([Outcome(1, PUBLISHED)]), 5)
+    finally:
+        spool.close()
+        for conn in (requests, replies, replies_write):
+            conn.close()
 
 
 def children(pid: int) -> list[int]:

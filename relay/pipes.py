@@ -15,8 +15,7 @@ class Frames:
     The fd is made non-blocking (an event loop watches it; uvloop would do so anyway), so
     ``Connection.recv`` could meet half a message (writes over 4 KiB are not atomic) and
     fail. This reads what is there and yields only whole frames: a 4-byte big-endian
-    length, then a pickle
-    (``Connection.send``'s format).
+    length, then a pickle (``Connection.send``'s format).
     """
 
     def __init__(self, fd: int) -> None:
@@ -26,12 +25,15 @@ class Frames:
         self.closed = False
 
     def read(self) -> list[Any]:
-        """The whole messages available now (``closed`` is set at end of file)."""
-        while True:
+        """The whole messages available now (``closed`` is set at end of file, or when the
+        pipe fails: its writer is gone either way)."""
+        while not self.closed:
             try:
                 chunk = os.read(self.fd, 1 << 16)
             except BlockingIOError:
                 break
+            except OSError:
+                chunk = b""
             if not chunk:
                 self.closed = True
                 break

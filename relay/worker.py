@@ -137,11 +137,7 @@ class RemoteStore:
 
     def on_reply(self) -> None:
         """Resolve the requests the parent answered (the replies pipe is readable)."""
-        try:
-            messages = self.replies.read()
-        except OSError:
-            messages = []
-            self.replies.closed = True
+        messages = self.replies.read()
         for kind, number, error in messages:
             future = self._waiting.pop(number, None)
             if future is None or future.done():
@@ -278,10 +274,7 @@ class Worker:
         frames = self._frames
         if frames is None:
             return
-        try:
-            messages = frames.read()
-        except OSError:
-            messages, frames.closed = [], True
+        messages = frames.read()
         for name, *args in (report for message in messages for report in message):
             if name == "complete":
                 task = asyncio.get_running_loop().create_task(

@@ -305,10 +305,7 @@ class SpoolProcess(Spool):
         frames = self._frames
         if frames is None:
             return
-        try:
-            messages = frames.read()
-        except OSError:
-            messages, frames.closed = [], True
+        messages = frames.read()
         appended = False
         for _, results, used, broken in messages:
             self._bytes, self._broken = used, broken

@@ -26,3 +26,17 @@ def test_frames_wait_for_whole_messages() -> None:
     assert frames.read() == [("kafka", True, None)]
     write.close()
     assert frames.read() == [] and frames.closed
+
+
+def test_frames_treat_a_failing_pipe_as_closed() -> None:
+    """A read error (the fd is gone) ends the stream like end of file, without raising."""
+    read, write = multiprocessing.Pipe(duplex=False)
+    frames = Frames(read.fileno())
+    write.send(("kafka", True, None))
+    assert frames.read() == [("kafka", True, None)]
+    fd = os.dup(read.fileno())
+    read.close()
+    frames.fd = fd
+    os.close(fd)  # reads now fail with EBADF
+    assert frames.read() == [] and frames.closed
+    write.close()

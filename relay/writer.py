@@ -182,6 +182,7 @@ class SpoolProcess(Spool):
         request_read, request_write = ctx.Pipe(duplex=False)
         reply_read, reply_write = ctx.Pipe(duplex=False)
         _widen(request_write)
+        _widen(reply_write)
         process = ctx.Process(target=writer_main, name="relay-spool-writer", daemon=True,
                               args=(self.path.parent, self.max_bytes, request_read, reply_write))
         process.start()
@@ -330,8 +331,8 @@ class SpoolProcess(Spool):
         return False
 
     def _lost(self, reason: str) -> None:
-        """The writer is gone: fail what waits and start a new one."""
-        if self._stopping or self._requests is None:
+        """The writer is gone: fail what waits and (unless stopping) start a new one."""
+        if self._requests is None:
             return
         log.error("spool_writer_lost", problem=reason)
         self._broken = reason
@@ -339,7 +340,8 @@ class SpoolProcess(Spool):
         process, self._process = self._process, None
         if process is not None:
             process.join(0)
-        self._restarting = asyncio.get_running_loop().create_task(self._restart())
+        if not self._stopping:
+            self._restarting = asyncio.get_running_loop().create_task(self._restart())
 
     # --- what needs a writer in this process ------------------------------------------------
 

@@ -145,3 +145,21 @@ async def test_start_fails_clearly_when_the_spool_cannot_be_opened(tmp_path: Pat
     spool = SpoolProcess(blocker / "spool", BIG)
     with pytest.raises(SpoolUnavailable, match="could not open the spool"):
         await spool.start()
+
+
+async def test_stop_does_not_wait_for_a_writer_that_died(tmp_path: Path) -> None:
+    """If the writer dies while relay stops, the appends waiting fail at once and stop()
+    returns promptly instead of waiting out its grace period."""
+    spool = SpoolProcess(tmp_path / "spool", BIG)
+    await spool.start()
+    pid = spool.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # the writer takes the request but never answers
+    waiting = asyncio.ensure_future(spool.append(raw(b"never answered")))
+    await asyncio.sleep(0.05)
+    stopping = asyncio.ensure_future(spool.stop())
+    await asyncio.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    await asyncio.wait_for(stopping, 10)
+    with pytest.raises(SpoolUnavailable):
+        await waiting

@@ -54,7 +54,8 @@ long runs elsewhere: WAL checkpoints run every second on a thread of their own
 connection (``wal_autocheckpoint`` is off) and copy while commits go on. Once the WAL
 holds 64 MiB, a checkpoint copies its last few frames holding the transaction lock, so
 that the next commit starts the WAL over: under steady load the WAL file is rewritten in
-place instead of growing for as long as the load lasts (which slowed commits to 0.75x).
+place instead of growing for as long as the load lasts (``bench/spool_bench.py``: 1.46x
+the rows per second of a WAL that never starts over).
 Pruning runs in a thread in transactions of at most 500 rows. A lock serialises
 transactions from threads (pruning, CLI tools, that last checkpoint pass) with the
 loop's flushes. Reads use a second connection (WAL readers do not block the writer).
@@ -311,7 +312,7 @@ class Spool:
         they never catch up for good: frames are appended while they copy, and SQLite
         starts the WAL over only if every frame is in the database when a write
         begins. Without that the WAL file grows for as long as the load lasts, and
-        commits slow down (measured: 0.75x the rows per second). So once the WAL holds
+        commits slow down (``bench/spool_bench.py``: 0.68x the rows per second). So once the WAL holds
         ``wal_restart_frames`` frames, a last pass copies the few left (at most
         ``_CHECKPOINT_TAIL``) holding the transaction lock, so that no commit is in
         flight when it ends. Commits wait for that pass (a few ms under load), which

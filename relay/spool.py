@@ -312,8 +312,9 @@ class Spool:
         they never catch up for good: frames are appended while they copy, and SQLite
         starts the WAL over only if every frame is in the database when a write
         begins. Without that the WAL file grows for as long as the load lasts, and
-        commits slow down (``bench/spool_bench.py``: 0.68x the rows per second). So once the WAL holds
-        ``wal_restart_frames`` frames, a last pass copies the few left (at most
+        commits slow down (``bench/spool_bench.py``: 0.68x the rows per second). So
+        once the WAL holds ``wal_restart_frames`` frames, a last pass copies the few
+        left (at most
         ``_CHECKPOINT_TAIL``) holding the transaction lock, so that no commit is in
         flight when it ends. Commits wait for that pass (a few ms under load), which
         is why it runs only every ``wal_restart_frames``, not every round. Returns

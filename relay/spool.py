@@ -314,9 +314,8 @@ class Spool:
         begins. Without that the WAL file grows for as long as the load lasts, and
         commits slow down (``bench/spool_bench.py``: 0.68x the rows per second). So
         once the WAL holds ``wal_restart_frames`` frames, a last pass copies the few
-        left (at most
-        ``_CHECKPOINT_TAIL``) holding the transaction lock, so that no commit is in
-        flight when it ends. Commits wait for that pass (a few ms under load), which
+        left (at most ``_CHECKPOINT_TAIL``) holding the transaction lock, so that no
+        commit is in flight when it ends. Commits wait for that pass (a few ms under load), which
         is why it runs only every ``wal_restart_frames``, not every round. Returns
         whether the WAL was copied in full.
         """
@@ -483,7 +482,7 @@ class Spool:
     def complete_sync(self, outcomes: Sequence[Outcome], now: float | None = None) -> None:
         """:meth:`complete` for code without an event loop (replay)."""
         stamp = time.time() if now is None else now
-        self._submit_sync(lambda conn: _complete(conn, outcomes, stamp))
+        self._submit_sync(completion(outcomes, stamp))
 
     async def prune(self, *, older_than: float, seen_before: float) -> int:
         """Delete published/dead rows received before ``older_than`` and old seen ids.

@@ -2,12 +2,11 @@
 
 ``relay serve`` answers postbacks in one process and runs the pipeline (normalise, publish
 to Kafka, mark done) in a child process, so Kafka work never shares the ack path's event
-loop or its interpreter lock. Both open the same spool database; SQLite's WAL lets the
-child read while the parent commits, and each side's writes are short transactions.
-
-The parent is the spool's only writer; the child reads it (WAL readers never block the
-writer) and asks the parent to record what Kafka acknowledged, so the ack path's group
-commits never wait on another process's lock. The two talk over three one-way pipes::
+loop or its interpreter lock. The child reads the spool database through its own
+connection (WAL readers never block the writer) and asks the parent to record what Kafka
+acknowledged; the parent hands that to the spool's only writer (the spool writer process,
+:mod:`relay.writer`, under ``relay serve``), so group commits never wait on another
+process's lock. Parent and child talk over three one-way pipes::
 
     parent -> child   wake: a raw pipe; one byte per spool commit ("new rows";
                       non-blocking: a full pipe already means "wake up"); EOF means the

@@ -692,8 +692,10 @@ def print_table(res: dict[str, Any]) -> None:
         return f"{v}{unit}"
 
     m = res["machine"]
+    broker = ("broker under SCHED_IDLE" if res["config"].get("broker_idle")
+              else "broker at normal priority")
     table = Table(title=f"relay ack bench - nproc {m['nproc']}, {m['cpu_model']}, "
-                  f"one uvicorn worker each", title_justify="left")  # fmt: skip
+                  f"one uvicorn worker each, {broker}", title_justify="left")  # fmt: skip
     table.add_column("figure")
     table.add_column("bare starlette", justify="right")
     table.add_column("relay", justify="right")
@@ -779,6 +781,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loadgen-procs", type=int, default=1,
                    help="load generator processes for the closed loop")
     p.add_argument("--kafka", metavar="HOST:PORT", help="use this broker, start none")
+    p.add_argument("--broker-idle", action="store_true",
+                   help="run the started broker under SCHED_IDLE (all its threads), so its "
+                   "CPU use yields to relay's as if Kafka ran on another machine")  # fmt: skip
     p.add_argument("--ack-only", action="store_true",
                    help="diagnostic: relay without Kafka (no pipeline), ack path alone")
     p.add_argument("--partitions", type=int, default=6)
@@ -829,6 +834,8 @@ def main(argv: list[str] | None = None) -> int:
             broker = KafkaBroker(jars_dir=ensure_kafka_jars(), workdir=work / "kafka")
             broker.start()
             bootstrap, kafka_pid = broker.bootstrap, broker.pid
+            if args.broker_idle and kafka_pid is not None:
+                say(f"broker under SCHED_IDLE: {idle_threads(kafka_pid)} threads")
         res = asyncio.run(bench(args, work, bootstrap, kafka_pid))
     finally:
         if broker is not None:
@@ -852,6 +859,16 @@ def main(argv: list[str] | None = None) -> int:
         report_profile(args.profile / "relay.prof")
     print(orjson.dumps(res).decode(), flush=True)
     return 0
+
+
+def idle_threads(pid: int) -> int:
+    """Put every thread of ``pid`` under SCHED_IDLE (threads it starts later inherit it)."""
+    count = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setscheduler(int(task.name), os.SCHED_IDLE, os.sched_param(0))
+            count += 1
+    return count
 
 
 def report_profile(path: Path, limit: int = 35) -> None:

@@ -91,6 +91,7 @@ class ServerConfig:
     max_body_bytes: int = 1 << 20
     shutdown_timeout: float = 10.0
     publisher_nice: int = 10
+    publisher_idle: bool = True
 
 
 @dataclass(frozen=True)
@@ -224,6 +225,11 @@ def _get(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where
     return value
 
 
+def _or(value: Any, default: Any) -> Any:
+    """``value``, or ``default`` when the key is absent (keeps a false ``False``)."""
+    return default if value is None else value
+
+
 def _positive(value: int | float | None, key: str, default: Any) -> Any:
     if value is None:
         return default
@@ -274,7 +280,7 @@ def _words(values: object, key: str, default: tuple[str, ...]) -> frozenset[str]
 def _server(data: Mapping[str, Any]) -> ServerConfig:
     w = "server"
     _unknown_keys(data, {"host", "port", "trusted_proxies", "max_body_bytes",
-                         "shutdown_timeout", "publisher_nice"}, w)
+                         "shutdown_timeout", "publisher_nice", "publisher_idle"}, w)
     d = ServerConfig()
     port = _get(data, "port", int, w)
     if port is not None and not 0 <= port <= 65535:
@@ -291,6 +297,7 @@ def _server(data: Mapping[str, Any]) -> ServerConfig:
         shutdown_timeout=_positive(_get(data, "shutdown_timeout", (int, float), w),
                                    "server.shutdown_timeout", d.shutdown_timeout),
         publisher_nice=d.publisher_nice if nice is None else nice,
+        publisher_idle=_or(_get(data, "publisher_idle", bool, w), d.publisher_idle),
     )
 
 

@@ -187,7 +187,7 @@ def test_server_values_parsed() -> None:
     """Every [server] key is read with its type."""
     s = parse({"server": {"host": "0.0.0.0", "port": 0, "trusted_proxies": ["10.0.0.0/8", "::1"],
                           "max_body_bytes": 10, "shutdown_timeout": 2.5,
-                          "publisher_nice": 0}},
+                          "publisher_nice": 0, "publisher_idle": False}},
               environ={}, base=Path("/b"))  # fmt: skip
     assert s.server.host == "0.0.0.0"
     assert s.server.port == 0
@@ -196,7 +196,9 @@ def test_server_values_parsed() -> None:
     assert s.server.max_body_bytes == 10
     assert s.server.shutdown_timeout == 2.5
     assert s.server.publisher_nice == 0
+    assert s.server.publisher_idle is False
     assert parse({}, environ={}, base=Path("/b")).server.publisher_nice == 10
+    assert parse({}, environ={}, base=Path("/b")).server.publisher_idle is True
 
 
 def test_trusted_proxy_host_bits_are_accepted() -> None:
@@ -220,6 +222,8 @@ def test_trusted_proxy_host_bits_are_accepted() -> None:
         ({"server": {"publisher_nice": 20}}, "server.publisher_nice"),
         ({"server": {"publisher_nice": -5}}, "server.publisher_nice"),
         ({"server": {"publisher_nice": 1.5}}, "server.publisher_nice"),
+        ({"server": {"publisher_idle": "yes"}}, "server.publisher_idle"),
+        ({"server": {"publisher_idle": 1}}, "server.publisher_idle"),
         ({"server": {"trusted_proxies": "10.0.0.0/8"}}, "server.trusted_proxies"),
         ({"server": {"trusted_proxies": ["10.0.0.0/8", "nope"]}}, "server.trusted_proxies[1]"),
         ({"server": {"bogus": 1}}, "server.bogus"),

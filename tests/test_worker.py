@@ -26,7 +26,7 @@ from test_e2e import ENV, _write_config, dlr
 from relay.errors import SpoolUnavailable
 from relay.service import Service
 from relay.spool import PUBLISHED, Outcome, Spool
-from relay.worker import ForwardingReporter, Outbox, RemoteStore
+from relay.worker import ForwardingReporter, Outbox, RemoteStore, lower_priority
 
 AUTH = basic("relay", "s3cret-for-tests")
 BW = {"name": "bw", "provider": "bandwidth",
@@ -68,6 +68,32 @@ async def test_completion_fails_when_the_parent_is_gone(tmp_path: Path) -> None:
             conn.close()
 
 
+def _priority_in_child(idle: bool, nice: int) -> tuple[str, int, int]:
+    """Run :func:`lower_priority` in a new process: (its answer, policy, niceness)."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(_lowered, (idle, nice))
+
+
+def _lowered(idle: bool, nice: int) -> tuple[str, int, int]:
+    got = lower_priority(idle, nice)
+    return got, os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def test_lower_priority_takes_sched_idle() -> None:
+    """With idle on, the process runs under SCHED_IDLE and its niceness is left alone."""
+    got, policy, niceness = _priority_in_child(True, 10)
+    assert (got, policy) == ("idle", os.SCHED_IDLE)
+    assert niceness == os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def test_lower_priority_falls_back_to_nice() -> None:
+    """With idle off, the process stays under the normal policy, ``nice`` steps lower."""
+    got, policy, niceness = _priority_in_child(False, 7)
+    assert (got, policy) == ("nice 7", os.SCHED_OTHER)
+    assert niceness == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 7)
+
+
 def children(pid: int) -> list[int]:
     """The child processes of ``pid`` (Linux /proc)."""
     found: list[int] = []
@@ -106,8 +132,7 @@ async def test_publisher_runs_in_its_own_process_and_reports_metrics(
         assert f'relay_events_published_total{{topic="{prefix}delivery-receipts.v1"}} 2.0' in text
         assert (await client.get("/readyz")).json()["kafka"] == "connected"
         assert service.worker.pid is not None
-        assert os.getpriority(os.PRIO_PROCESS, service.worker.pid) == min(
-            19, os.getpriority(os.PRIO_PROCESS, 0) + settings.server.publisher_nice)
+        assert os.sched_getscheduler(service.worker.pid) == os.SCHED_IDLE
 
 
 @pytest.mark.kafka

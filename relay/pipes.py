@@ -1,11 +1,15 @@
-"""Whole messages from a pipe, read without blocking (the publisher and spool writer
-processes talk to relay's main process over pipes an event loop watches)."""
+"""Messages over pipes between relay's processes (the publisher and spool writer
+processes talk to relay's main process over pipes an event loop watches): sent as one
+message per event-loop iteration, and read as whole messages without blocking."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pickle
 import struct
+from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any
 
 
@@ -46,3 +50,40 @@ class Frames:
             messages.append(pickle.loads(self.buffer[4:4 + size]))  # noqa: S301 (our child)
             del self.buffer[:4 + size]
         return messages
+
+
+class Outbox:
+    """Messages to another process, sent as one list per event-loop iteration.
+
+    What is queued while one iteration runs goes in one pipe write: the publisher's
+    reports and completion of a batch, the appends of the requests one iteration handled.
+    The other side wakes once per iteration, not once per message. A failed send calls
+    ``on_error`` with the reason.
+    """
+
+    def __init__(self, conn: Connection, on_error: Callable[[str], None], *,
+                 peer: str = "parent") -> None:
+        self.conn = conn
+        self.on_error = on_error
+        self.peer = peer
+        self._queued: list[tuple[Any, ...]] = []
+
+    def put(self, *message: Any) -> None:
+        """Queue a message; the first one of an iteration schedules the send."""
+        if not self._queued:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._queued.append(message)
+
+    def flush(self) -> None:
+        """Send what is queued as one message."""
+        queued, self._queued = self._queued, []
+        if not queued:
+            return
+        try:
+            self.conn.send(queued)
+        except (OSError, ValueError) as exc:
+            self.on_error(f"{self.peer} unreachable: {exc}")
+
+    def discard(self) -> None:
+        """Drop what is queued (its pipe is being closed; a flush due sends nothing)."""
+        self._queued.clear()

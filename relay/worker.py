@@ -31,15 +31,14 @@ import contextlib
 import multiprocessing
 import os
 import signal
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
 
 from relay.errors import SpoolUnavailable
 from relay.observability import Metrics, configure_logging, get_logger
 from relay.pipeline import Normaliser, Pipeline
-from relay.pipes import Frames
+from relay.pipes import Frames, Outbox
 from relay.publish import KafkaPublisher, Topics, ensure_topics
 from relay.schema import RawPostback
 from relay.settings import Settings
@@ -51,35 +50,6 @@ log = get_logger("relay.worker")
 #: The Reporter methods a child may ask the parent to run.
 REPORTS = frozenset({"published", "duplicated", "dead_lettered", "noticed",
                      "publish_failed", "kafka"})
-
-
-class Outbox:
-    """Messages to the parent, sent as one list per event-loop iteration.
-
-    A batch's reports and its completion request go in one pipe write, so at low rates
-    (a batch per postback) the parent wakes once per batch, not once per report.
-    """
-
-    def __init__(self, conn: Connection, on_error: Callable[[str], None]) -> None:
-        self.conn = conn
-        self.on_error = on_error
-        self._queued: list[tuple[Any, ...]] = []
-
-    def put(self, *message: Any) -> None:
-        """Queue a message; the first one of an iteration schedules the send."""
-        if not self._queued:
-            asyncio.get_running_loop().call_soon(self.flush)
-        self._queued.append(message)
-
-    def flush(self) -> None:
-        """Send what is queued as one message."""
-        queued, self._queued = self._queued, []
-        if not queued:
-            return
-        try:
-            self.conn.send(queued)
-        except (OSError, ValueError) as exc:
-            self.on_error(f"parent unreachable: {exc}")
 
 
 class ForwardingReporter:

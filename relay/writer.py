@@ -45,7 +45,7 @@ from typing import Any
 
 from relay.errors import SpoolUnavailable
 from relay.observability import get_logger
-from relay.pipes import Frames
+from relay.pipes import Frames, Outbox
 from relay.spool import Spool, WriteOp, WriteResult
 
 log = get_logger("relay.writer")
@@ -157,7 +157,7 @@ class SpoolProcess(Spool):
     def __init__(self, directory: Path, max_bytes: int, *,
                  on_commit: Callable[[], None] | None = None) -> None:
         super().__init__(directory, max_bytes, on_commit=on_commit)
-        self._outbox: list[tuple[Any, ...]] = []
+        self._outbox: Outbox | None = None  # requests to the writer, while it runs
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._appends: set[int] = set()
         self._number = 0
@@ -201,6 +201,7 @@ class SpoolProcess(Spool):
             raise SpoolUnavailable(f"the spool writer could not open the spool: {detail}")
         self._bytes = int(detail)
         self._process, self._requests, self._replies = process, request_write, reply_read
+        self._outbox = Outbox(request_write, self._lost, peer="spool writer")
         self._frames = Frames(reply_read.fileno())
 
     def _watch(self) -> None:
@@ -212,8 +213,8 @@ class SpoolProcess(Spool):
         self._stopping = True
         if self._restarting is not None:
             self._restarting.cancel()
-        if self._outbox:
-            self._send()
+        if self._outbox is not None:
+            self._outbox.flush()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(
                 asyncio.gather(*self._waiting.values(), return_exceptions=True), 30)
@@ -236,7 +237,9 @@ class SpoolProcess(Spool):
             if conn is not None:
                 conn.close()
         self._requests = self._replies = None
-        self._outbox.clear()
+        if self._outbox is not None:
+            self._outbox.discard()
+            self._outbox = None
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(SpoolUnavailable(reason))
@@ -278,7 +281,8 @@ class SpoolProcess(Spool):
         return int(await self._request("prune", older_than, seen_before))
 
     async def _request(self, kind: str, *args: Any) -> Any:
-        if self._requests is None:
+        outbox = self._outbox
+        if outbox is None:
             raise SpoolUnavailable(self._broken or "spool is not open")
         loop = asyncio.get_running_loop()
         self._number += 1
@@ -287,20 +291,8 @@ class SpoolProcess(Spool):
         self._waiting[number] = future
         if kind == "append":
             self._appends.add(number)
-        if not self._outbox:
-            loop.call_soon(self._send)
-        self._outbox.append((kind, number, *args))
+        outbox.put(kind, number, *args)
         return await future
-
-    def _send(self) -> None:
-        """Send the requests queued in this loop iteration as one message."""
-        outbox, self._outbox = self._outbox, []
-        if not outbox or self._requests is None:
-            return
-        try:
-            self._requests.send(outbox)
-        except (OSError, ValueError) as exc:
-            self._lost(f"spool writer unreachable: {exc}")
 
     def _on_replies(self) -> None:
         frames = self._frames

@@ -1,13 +1,14 @@
-"""Unit tests for relay.pipes: whole messages from a non-blocking pipe."""
+"""Unit tests for relay.pipes: messages sent once per loop iteration, read whole."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import pickle
 import struct
 
-from relay.pipes import Frames
+from relay.pipes import Frames, Outbox
 
 
 def test_frames_wait_for_whole_messages() -> None:
@@ -40,3 +41,28 @@ def test_frames_treat_a_failing_pipe_as_closed() -> None:
     os.close(fd)  # reads now fail with EBADF
     assert frames.read() == [] and frames.closed
     write.close()
+
+
+async def test_outbox_discard_drops_what_is_queued() -> None:
+    """Messages discarded before the iteration's flush are never sent."""
+    read, write = multiprocessing.Pipe(duplex=False)
+    outbox = Outbox(write, lambda reason: None)
+    outbox.put("append", 1, ("row",))
+    outbox.discard()
+    await asyncio.sleep(0)
+    assert not read.poll()
+    outbox.put("append", 2, ("row",))
+    await asyncio.sleep(0)
+    assert read.recv() == [("append", 2, ("row",))]
+
+
+async def test_outbox_reports_a_failed_send_with_its_peer() -> None:
+    """A send on a closed pipe calls on_error, naming the peer, instead of raising."""
+    read, write = multiprocessing.Pipe(duplex=False)
+    errors: list[str] = []
+    outbox = Outbox(write, errors.append, peer="spool writer")
+    write.close()
+    outbox.put("append", 1, ("row",))
+    await asyncio.sleep(0)
+    assert len(errors) == 1 and errors[0].startswith("spool writer unreachable: ")
+    read.close()

@@ -24,9 +24,10 @@ from harness import (
 from test_e2e import ENV, _write_config, dlr
 
 from relay.errors import SpoolUnavailable
+from relay.pipes import Outbox
 from relay.service import Service
 from relay.spool import PUBLISHED, Outcome, Spool
-from relay.worker import ForwardingReporter, Outbox, RemoteStore, lower_priority
+from relay.worker import ForwardingReporter, RemoteStore, lower_priority
 
 AUTH = basic("relay", "s3cret-for-tests")
 BW = {"name": "bw", "provider": "bandwidth",

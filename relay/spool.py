@@ -3,7 +3,8 @@
 On-disk format
 --------------
 One SQLite database, ``<spool.dir>/spool.db``, in WAL mode with ``synchronous=FULL`` (the
-WAL is fsynced at every commit). Tables::
+WAL is fsynced at every commit), and beside it the dedup record ``seen.db``
+(:mod:`relay.seen`). Tables::
 
     raw(id INTEGER PRIMARY KEY,   -- the raw_id, strictly increasing: the order of arrival
         source, received_at REAL, remote_addr, method, path, query,
@@ -13,8 +14,8 @@ WAL is fsynced at every commit). Tables::
         state INTEGER,            -- 0 pending, 1 published, 2 dead-lettered (published to DLQ)
         error TEXT,               -- why it was dead-lettered
         done_at REAL)             -- when its records were acknowledged by Kafka
-    seen(event_id PRIMARY KEY, raw_id, seen_at REAL)   -- published event ids (dedup window)
-    meta(key PRIMARY KEY, value)                        -- format version
+    meta(key PRIMARY KEY, value)   -- format version: "2" (format 1 also held the seen ids;
+                                   -- opening it moves them to seen.db)
 
 Invariants
 ----------
@@ -22,12 +23,12 @@ Invariants
   after the transaction holding it has committed (and so been fsynced).
 * ``state`` moves 0 -> 1 or 0 -> 2 (and 2 -> 1 when a dead letter is replayed after a
   fix), only after Kafka acknowledged every record derived from the row. A row only some
-  of whose events Kafka took stays 0, and the ids it took go to ``seen`` so the retry
+  of whose events Kafka took stays 0, and the ids it took go to ``seen.db`` so the retry
   skips them.
 * Pruning deletes only rows that are not pending *and* older than the retention; a
   pending row is never deleted, whatever its age or the size cap.
-* ``seen`` holds the ids of events published within the dedup window; it is written in
-  the same transaction that marks their raw row done.
+* ``seen.db`` holds the ids of events published within the dedup window; they are
+  written (by the process that published them) before their raw row is marked done.
 * A transaction holding appends is fsynced at commit (``synchronous=FULL``). One holding
   only completions is not (``NORMAL``): the WAL is sequential, so the next append's
   fsync (or the next checkpoint) makes it durable too. An OS crash in between can only
@@ -78,9 +79,13 @@ from typing import Any, TypeVar
 import orjson
 
 from relay.errors import SpoolUnavailable
+from relay.observability import get_logger
 from relay.schema import RawPostback
+from relay.seen import SeenStore
 
-FORMAT_VERSION = "1"
+log = get_logger("relay.spool")
+
+FORMAT_VERSION = "2"
 PENDING, PUBLISHED, DEAD = 0, 1, 2
 STATE_NAMES = {PENDING: "pending", PUBLISHED: "published", DEAD: "dead-letter"}
 
@@ -103,12 +108,6 @@ CREATE TABLE IF NOT EXISTS raw (
 CREATE INDEX IF NOT EXISTS raw_pending ON raw(id) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS raw_dead ON raw(id) WHERE state = 2;
 CREATE INDEX IF NOT EXISTS raw_received ON raw(received_at);
-CREATE TABLE IF NOT EXISTS seen (
-    event_id TEXT PRIMARY KEY,
-    raw_id INTEGER NOT NULL,
-    seen_at REAL NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS seen_at ON seen(seen_at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -205,6 +204,16 @@ class WriteOp:
 
 WriteResult = tuple[WriteOp, Any, BaseException | None]
 
+#: What marking a row done needs (an :class:`Outcome` without its event ids, which go to
+#: ``seen.db``): ``(raw_id, state, error)``. Plain tuples: they cross two pipes, and a
+#: dataclass costs 30 times as much to unpickle.
+Mark = tuple[int, int, str | None]
+
+
+def marks(outcomes: Iterable[Outcome]) -> tuple[Mark, ...]:
+    """The marks of ``outcomes``."""
+    return tuple((o.raw_id, o.state, o.error) for o in outcomes)
+
 
 class Spool:
     """The spool database; open with :meth:`open`, close with :meth:`close`."""
@@ -214,6 +223,7 @@ class Spool:
                  checkpoint_interval: float = 1.0,
                  wal_restart_frames: int = _WAL_RESTART_FRAMES) -> None:
         self.path = Path(directory) / "spool.db"
+        self.seen = SeenStore(Path(directory) / "seen.db")
         self.max_bytes = max_bytes
         self.on_commit = on_commit
         self.checkpoint_interval = checkpoint_interval
@@ -238,6 +248,7 @@ class Spool:
         :meth:`open`, so there is one writer and commits never wait on another process.
         """
         self._reader = connect(self.path)
+        self.seen.open()
         return self
 
     def open(self) -> Spool:
@@ -245,7 +256,9 @@ class Spool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = connect(self.path)
         self._writer.executescript(_SCHEMA)
-        self._writer.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (FORMAT_VERSION,))
+        self.seen.open()
+        self._move_seen(self._writer)
+        self._writer.execute("INSERT OR REPLACE INTO meta VALUES ('format', ?)", (FORMAT_VERSION,))
         self._writer.execute("PRAGMA wal_autocheckpoint=0")  # the checkpoint thread does it
         self._writer.execute(f"PRAGMA journal_size_limit={_WAL_KEEP}")
         self._bytes = self._writer.execute("SELECT coalesce(sum(size), 0) FROM raw").fetchone()[0]
@@ -255,6 +268,15 @@ class Spool:
                                               name="relay-spool-checkpoint", daemon=True)
         self._checkpointer.start()
         return self
+
+    def _move_seen(self, conn: sqlite3.Connection) -> None:
+        """Format 1 kept the seen ids in the spool: move them to ``seen.db`` (copied
+        first, then dropped: an interrupted move is done again at the next open)."""
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'seen'").fetchone() is None:
+            return
+        moved = self.seen.absorb(conn.execute("SELECT event_id, raw_id, seen_at FROM seen"))
+        conn.execute("DROP TABLE seen")
+        log.info("seen_ids_moved", count=moved, to=str(self.seen.path))
 
     def close(self) -> None:
         """Stop the checkpoint thread, checkpoint, close the connections.
@@ -274,6 +296,7 @@ class Spool:
                 if conn is not None:
                     conn.close()
             self._writer = self._reader = None
+        self.seen.close()
 
     async def start(self) -> None:
         """:meth:`open`, from an event loop (the service's lifecycle)."""
@@ -474,15 +497,32 @@ class Spool:
         return self._submit_sync(None, row=self._row(raw))
 
     async def complete(self, outcomes: Sequence[Outcome], now: float | None = None) -> None:
-        """Record that Kafka acknowledged everything derived from these rows (in the same
+        """Record that Kafka acknowledged everything derived from these rows: their event
+        ids in ``seen.db`` (:meth:`remember`), then the rows' state (in the same
         transaction as the appends queued with it)."""
         stamp = time.time() if now is None else now
-        await self._submit(completion(outcomes, stamp))
+        self.remember(outcomes, stamp)
+        await self.mark(marks(outcomes), stamp)
 
     def complete_sync(self, outcomes: Sequence[Outcome], now: float | None = None) -> None:
         """:meth:`complete` for code without an event loop (replay)."""
         stamp = time.time() if now is None else now
-        self._submit_sync(completion(outcomes, stamp))
+        self.remember(outcomes, stamp)
+        self._submit_sync(completion(marks(outcomes), stamp))
+
+    def remember(self, outcomes: Sequence[Outcome], stamp: float) -> None:
+        """Add the outcomes' event ids to ``seen.db``. If it refuses, the rows are still
+        marked done: a provider's retry of these events may then be published again,
+        while leaving the rows pending would publish them all again for sure."""
+        try:
+            self.seen.add(outcomes, stamp)
+        except sqlite3.Error as exc:
+            log.warning("seen_write_failed", problem=f"{type(exc).__name__}: {exc}")
+
+    async def mark(self, rows: Sequence[Mark], stamp: float) -> None:
+        """Set the state of rows whose records Kafka acknowledged (their ids are in
+        ``seen.db`` already)."""
+        await self._submit(completion(rows, stamp))
 
     async def prune(self, *, older_than: float, seen_before: float) -> int:
         """Delete published/dead rows received before ``older_than`` and old seen ids.
@@ -501,8 +541,10 @@ class Spool:
             removed += rows
             if rows < _PRUNE_CHUNK:
                 break
-        while self._submit_sync(partial(_prune_seen, seen_before=seen_before)) == _PRUNE_CHUNK:
-            pass
+        try:
+            self.seen.prune(seen_before)
+        except sqlite3.Error as exc:  # the next round tries again; rows were pruned anyway
+            log.warning("seen_prune_failed", problem=f"{type(exc).__name__}: {exc}")
         return removed
 
     def _prune_rows(self, conn: sqlite3.Connection, older_than: float) -> int:
@@ -531,17 +573,8 @@ class Spool:
         return [row_to_raw(r) for r in rows]
 
     def seen_ids(self, event_ids: Iterable[str], since: float) -> set[str]:
-        """Which of ``event_ids`` were published at or after ``since``."""
-        ids = list(event_ids)
-        found: set[str] = set()
-        conn = self._read()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            found.update(r[0] for r in conn.execute(
-                f"SELECT event_id FROM seen WHERE seen_at >= ? AND event_id IN ({marks})",  # noqa: S608
-                (since, *chunk)))
-        return found
+        """Which of ``event_ids`` were published at or after ``since`` (``seen.db``)."""
+        return self.seen.seen_ids(event_ids, since)
 
     def stats(self) -> SpoolStats:
         """Pending, dead-lettered and total rows, and bytes held."""
@@ -621,25 +654,11 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def completion(outcomes: Sequence[Outcome], stamp: float) -> Callable[[sqlite3.Connection], None]:
-    """The write that records ``outcomes`` (picklable: the writer process runs it)."""
-    return partial(_complete, outcomes=tuple(outcomes), stamp=stamp)
+def completion(rows: Sequence[Mark], stamp: float) -> Callable[[sqlite3.Connection], None]:
+    """The write that marks ``rows`` done (picklable: the writer process runs it)."""
+    return partial(_complete, rows=tuple(rows), stamp=stamp)
 
 
-def _complete(conn: sqlite3.Connection, outcomes: Sequence[Outcome], stamp: float) -> None:
-    conn.executemany(
-        "UPDATE raw SET state = ?, error = ?, done_at = ? WHERE id = ?",
-        [(o.state, o.error, stamp, o.raw_id) for o in outcomes],
-    )
-    conn.executemany(
-        "INSERT OR REPLACE INTO seen (event_id, raw_id, seen_at) VALUES (?, ?, ?)",
-        [(eid, o.raw_id, stamp) for o in outcomes for eid in o.event_ids],
-    )
-
-
-def _prune_seen(conn: sqlite3.Connection, seen_before: float) -> int:
-    """Delete up to ``_PRUNE_CHUNK`` seen ids older than ``seen_before``."""
-    cur = conn.execute(
-        "DELETE FROM seen WHERE event_id IN"
-        " (SELECT event_id FROM seen WHERE seen_at < ? LIMIT ?)", (seen_before, _PRUNE_CHUNK))
-    return int(cur.rowcount)
+def _complete(conn: sqlite3.Connection, rows: Sequence[Mark], stamp: float) -> None:
+    conn.executemany("UPDATE raw SET state = ?, error = ?, done_at = ? WHERE id = ?",
+                     [(state, error, stamp, raw_id) for raw_id, state, error in rows])

@@ -3,10 +3,12 @@
 ``relay serve`` answers postbacks in one process and runs the pipeline (normalise, publish
 to Kafka, mark done) in a child process, so Kafka work never shares the ack path's event
 loop or its interpreter lock. The child reads the spool database through its own
-connection (WAL readers never block the writer) and asks the parent to record what Kafka
-acknowledged; the parent hands that to the spool's only writer (the spool writer process,
-:mod:`relay.writer`, under ``relay serve``), so group commits never wait on another
-process's lock. Parent and child talk over three one-way pipes::
+connection (WAL readers never block the writer). When Kafka has acknowledged a batch, it
+adds the event ids to the dedup record ``seen.db`` itself (:mod:`relay.seen`: random-key
+writes, kept off the spool's commits and made at the child's idle priority), then asks
+the parent to mark the rows done; the parent hands that to the spool's only writer (the
+spool writer process, :mod:`relay.writer`, under ``relay serve``), so group commits never
+wait on another process's lock. Parent and child talk over three one-way pipes::
 
     parent -> child   wake: a raw pipe; one byte per spool commit ("new rows";
                       non-blocking: a full pipe already means "wake up"); EOF means the
@@ -14,8 +16,9 @@ process's lock. Parent and child talk over three one-way pipes::
     child -> parent   requests: a multiprocessing Connection carrying, one list per
                       event-loop iteration, reports ``(name, *args)`` applied to the
                       parent's :class:`~relay.observability.Metrics` (what /metrics and
-                      /readyz show) and ``("complete", n, outcomes, now)``: mark rows
-                      done (the parent relays it to the spool writer process).
+                      /readyz show) and ``("complete", n, marks, stamp)``: mark rows
+                      done, marks being ``(raw_id, state, error)`` tuples (the parent
+                      relays them to the spool writer process without unpacking them).
     parent -> child   replies: ``("ok", n, None)`` once those outcomes are committed, or
                       ``("error", n, text)``.
 
@@ -31,6 +34,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import time
 from collections.abc import Iterable, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -43,7 +47,7 @@ from relay.publish import KafkaPublisher, Topics, ensure_topics
 from relay.schema import RawPostback
 from relay.settings import Settings
 from relay.sources import build
-from relay.spool import Outcome, Spool
+from relay.spool import Mark, Outcome, Spool, marks
 
 log = get_logger("relay.worker")
 
@@ -81,7 +85,7 @@ class ForwardingReporter:
 
 
 class RemoteStore:
-    """The child's spool: reads from its own connection, completions through the parent."""
+    """The child's spool: reads and seen ids on its own connections, marks through the parent."""
 
     def __init__(self, spool: Spool, requests: Connection, replies: Connection) -> None:
         self.spool = spool
@@ -97,11 +101,14 @@ class RemoteStore:
         return self.spool.seen_ids(event_ids, since)
 
     async def complete(self, outcomes: Sequence[Outcome], now: float | None = None) -> None:
-        """Ask the parent to record ``outcomes``; returns once they are committed."""
+        """Add the event ids to ``seen.db``, then ask the parent to mark the rows done;
+        returns once that is committed."""
+        stamp = time.time() if now is None else now
+        self.spool.remember(outcomes, stamp)
         self._next += 1
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting[self._next] = future
-        self.outbox.put("complete", self._next, list(outcomes), now)
+        self.outbox.put("complete", self._next, marks(outcomes), stamp)
         await future
 
     def on_reply(self) -> None:
@@ -274,11 +281,11 @@ class Worker:
                 asyncio.get_running_loop().remove_reader(frames.fd)
 
     async def _complete(self, replies: Connection | None, number: int,
-                        outcomes: list[Outcome], now: float | None) -> None:
-        """Commit a child's outcomes and answer that same child (not a successor)."""
+                        rows: tuple[Mark, ...], stamp: float) -> None:
+        """Mark a child's rows done and answer that same child (not a successor)."""
         reply: tuple[str, int, str | None] = ("ok", number, None)
         try:
-            await self.spool.complete(outcomes, now)
+            await self.spool.mark(rows, stamp)
         except Exception as exc:
             reply = ("error", number, f"{type(exc).__name__}: {exc}")
         if replies is not None:

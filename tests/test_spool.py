@@ -15,10 +15,20 @@ from pathlib import Path
 
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
 from relay.errors import SpoolUnavailable
 from relay.schema import RawPostback
-from relay.spool import DEAD, FORMAT_VERSION, PENDING, PUBLISHED, Outcome, Spool, row_to_raw
+from relay.spool import (
+    DEAD,
+    FORMAT_VERSION,
+    PENDING,
+    PUBLISHED,
+    Outcome,
+    Spool,
+    marks,
+    row_to_raw,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 BIG = 1 << 30
@@ -241,6 +251,72 @@ def test_durable_after_sigkill_right_after_append(tmp_path: Path) -> None:
 
 
 # --- complete / seen ids ----------------------------------------------------------------------
+
+
+def _format_1_spool(directory: Path, ids: list[tuple[str, int, float]]) -> None:
+    """A spool.db as format 1 left it: the seen ids in a table of its own."""
+    directory.mkdir(parents=True)
+    conn = sqlite3.connect(directory / "spool.db")
+    conn.executescript("""
+        CREATE TABLE seen (event_id TEXT PRIMARY KEY, raw_id INTEGER NOT NULL,
+                           seen_at REAL NOT NULL) WITHOUT ROWID;
+        CREATE INDEX seen_at ON seen(seen_at);
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('format', '1');""")
+    conn.executemany("INSERT INTO seen VALUES (?, ?, ?)", ids)
+    conn.commit()
+    conn.close()
+
+
+def test_open_moves_format_1_seen_ids_to_seen_db(tmp_path: Path) -> None:
+    """Opening a format-1 spool moves its seen ids to seen.db and drops them from spool.db."""
+    directory = tmp_path / "spool"
+    _format_1_spool(directory, [(f"e{i}", i, 100.0 + i) for i in range(25_000)])
+    with capture_logs() as logs, Spool(directory, BIG) as s:
+        assert s.seen_ids(["e0", "e24999", "other"], since=0.0) == {"e0", "e24999"}
+        assert s.seen_ids(["e0", "e24999"], since=200.0) == {"e24999"}
+    assert {"event": "seen_ids_moved", "count": 25_000, "to": str(directory / "seen.db"),
+            "log_level": "info"} in logs
+    conn = sqlite3.connect(directory / "spool.db")
+    try:
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'seen'"
+                            ).fetchone()[0] == 0
+        assert conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()[0] == "2"
+    finally:
+        conn.close()
+    with Spool(directory, BIG) as s:  # opening again moves nothing and loses nothing
+        assert s.seen_ids(["e0"], since=0.0) == {"e0"}
+
+
+async def test_complete_writes_event_ids_to_seen_db_not_the_spool(spool: Spool) -> None:
+    """complete() puts event ids in seen.db; spool.db's commit carries the row states only."""
+    a = await spool.append(raw())
+    await spool.complete([Outcome(a, PUBLISHED, ("e1", "e2"))], now=7.0)
+    conn = sqlite3.connect(spool.seen.path)
+    try:
+        assert sorted(conn.execute("SELECT event_id, raw_id, seen_at FROM seen")) == [
+            ("e1", a, 7.0), ("e2", a, 7.0)]
+    finally:
+        conn.close()
+    names = {r[0] for r in sqlite3.connect(spool.path).execute("SELECT name FROM sqlite_master")}
+    assert "seen" not in names
+
+
+async def test_complete_marks_rows_done_when_seen_db_fails(spool: Spool) -> None:
+    """If seen.db refuses the ids, the rows are still marked done and the failure is logged."""
+    a = await spool.append(raw())
+    spool.seen.close()  # every seen.db call now raises sqlite3.Error
+    with capture_logs() as logs:
+        await spool.complete([Outcome(a, PUBLISHED, ("e1",))], now=7.0)
+    assert spool.state_of(a) == PUBLISHED
+    assert [e["event"] for e in logs] == ["seen_write_failed"]
+    spool.seen.open()
+
+
+def test_marks_are_plain_tuples_without_event_ids() -> None:
+    """marks() keeps what the row update needs (raw id, state, error) and drops the ids."""
+    got = marks([Outcome(3, PUBLISHED, ("e1", "e2")), Outcome(4, DEAD, (), "bad")])
+    assert got == ((3, PUBLISHED, None), (4, DEAD, "bad"))
 
 
 async def test_complete_moves_state_and_records_seen_ids(spool: Spool) -> None:

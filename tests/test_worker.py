@@ -26,7 +26,7 @@ from test_e2e import ENV, _write_config, dlr
 from relay.errors import SpoolUnavailable
 from relay.pipes import Outbox
 from relay.service import Service
-from relay.spool import PUBLISHED, Outcome, Spool
+from relay.spool import DEAD, PUBLISHED, Outcome, Spool
 from relay.worker import ForwardingReporter, RemoteStore, lower_priority
 
 AUTH = basic("relay", "s3cret-for-tests")
@@ -66,6 +66,33 @@ async def test_completion_fails_when_the_parent_is_gone(tmp_path: Path) -> None:
     finally:
         spool.close()
         for conn in (requests, replies, replies_write):
+            conn.close()
+
+
+async def test_completion_records_seen_ids_here_and_sends_marks(tmp_path: Path) -> None:
+    """The child adds event ids to seen.db itself and sends the parent only (raw id, state,
+    error) marks; the completion returns once the parent answers."""
+    with Spool(tmp_path / "spool", 1 << 20):  # creates the database
+        pass
+    spool = Spool(tmp_path / "spool", 1 << 20).open_reader()
+    requests_read, requests = multiprocessing.Pipe(duplex=False)
+    replies_read, replies = multiprocessing.Pipe(duplex=False)
+    store = RemoteStore(spool, requests, replies_read)
+    try:
+        task = asyncio.create_task(store.complete(
+            [Outcome(5, PUBLISHED, ("e1", "e2")), Outcome(6, DEAD, (), "bad")], 70.0))
+        await asyncio.sleep(0.05)
+        assert requests_read.recv() == [
+            ("complete", 1, ((5, PUBLISHED, None), (6, DEAD, "bad")), 70.0)]
+        assert spool.seen_ids(["e1", "e2", "e3"], 60.0) == {"e1", "e2"}
+        assert not task.done()
+        asyncio.get_running_loop().add_reader(replies_read.fileno(), store.on_reply)
+        replies.send(("ok", 1, None))
+        await asyncio.wait_for(task, 5)
+    finally:
+        asyncio.get_running_loop().remove_reader(replies_read.fileno())
+        spool.close()
+        for conn in (requests, requests_read, replies, replies_read):
             conn.close()
 
 

@@ -94,6 +94,10 @@ class Metrics:
         self.spool_bytes = Gauge("relay_spool_bytes", "Bytes held in the spool", registry=r)
         self.kafka_up = Gauge("relay_kafka_connected", "1 when the producer is connected",
                               registry=r)
+        self.publisher_paused = Gauge(
+            "relay_publisher_paused",
+            "1 while the ack path is busy enough that the publisher starts no new batch",
+            registry=r)
         self.kafka_connected = False
         self.kafka_problem: str | None = None
 

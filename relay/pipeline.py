@@ -47,6 +47,7 @@ from relay.spool import DEAD, PENDING, PUBLISHED, Outcome
 
 T = TypeVar("T")
 log = get_logger("relay.pipeline")
+_HOLD_STEP = 0.05  # s between looks at the ack path's hold while it lasts
 
 CE_SPECVERSION = b"1.0"
 CE_TYPES = {
@@ -355,9 +356,11 @@ class Pipeline:
                  topics: Topics, reporter: Reporter, *, dedup_window: float,
                  ensure: Callable[[], Any] | None = None, batch_size: int = 256,
                  max_in_flight: int = 4, read_in_thread: bool = True,
+                 hold: Callable[[], float] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.spool = spool
         self.normaliser = normaliser
+        self.hold = hold  # seconds the ack path asks it to wait before a new batch
         self.publisher = publisher
         self.topics = topics
         self.reporter = reporter
@@ -440,13 +443,18 @@ class Pipeline:
         await self._drain()
 
     async def _advance(self) -> None:
-        """Start the next batch, or wait: for room, for new rows, or 1 s when idle.
+        """Start the next batch, or wait: for room, for new rows, while the ack path holds
+        publishing (``hold``: see :class:`relay.worker.BurstGate`), or 1 s when idle.
 
         Raises the error of a batch that failed.
         """
         self._collect()
         if len(self._in_flight) >= self.max_in_flight:
             await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+            return
+        held = self.hold() if self.hold is not None else 0.0
+        if held > 0:  # the ack path is busy: batches in flight finish, no new one starts
+            await asyncio.sleep(min(held, _HOLD_STEP))
             return
         work = await self._take()
         if work is None:

@@ -92,6 +92,7 @@ class ServerConfig:
     shutdown_timeout: float = 10.0
     publisher_nice: int = 10
     publisher_idle: bool = True
+    publisher_pause_above: float = 0.6
 
 
 @dataclass(frozen=True)
@@ -280,7 +281,8 @@ def _words(values: object, key: str, default: tuple[str, ...]) -> frozenset[str]
 def _server(data: Mapping[str, Any]) -> ServerConfig:
     w = "server"
     _unknown_keys(data, {"host", "port", "trusted_proxies", "max_body_bytes",
-                         "shutdown_timeout", "publisher_nice", "publisher_idle"}, w)
+                         "shutdown_timeout", "publisher_nice", "publisher_idle",
+                         "publisher_pause_above"}, w)
     d = ServerConfig()
     port = _get(data, "port", int, w)
     if port is not None and not 0 <= port <= 65535:
@@ -288,6 +290,10 @@ def _server(data: Mapping[str, Any]) -> ServerConfig:
     nice = _get(data, "publisher_nice", int, w)
     if nice is not None and not 0 <= nice <= 19:
         raise ConfigError("server.publisher_nice", "must be between 0 and 19")
+    pause = _get(data, "publisher_pause_above", (int, float), w)
+    if pause is not None and not 0 <= pause <= 1:
+        raise ConfigError("server.publisher_pause_above",
+                          "must be between 0 (never pause) and 1 (a whole core)")
     return ServerConfig(
         host=_get(data, "host", str, w) or d.host,
         port=d.port if port is None else port,
@@ -298,6 +304,7 @@ def _server(data: Mapping[str, Any]) -> ServerConfig:
                                    "server.shutdown_timeout", d.shutdown_timeout),
         publisher_nice=d.publisher_nice if nice is None else nice,
         publisher_idle=_or(_get(data, "publisher_idle", bool, w), d.publisher_idle),
+        publisher_pause_above=d.publisher_pause_above if pause is None else float(pause),
     )
 
 

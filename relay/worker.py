@@ -22,6 +22,13 @@ wait on another process's lock. Parent and child talk over three one-way pipes::
     parent -> child   replies: ``("ok", n, None)`` once those outcomes are committed, or
                       ``("error", n, text)``.
 
+While the ack path is busy, the child starts no new batch: the parent samples its own
+CPU use every 0.1 s (:class:`BurstGate`) and, above ``[server] publisher_pause_above``,
+sets a time in shared memory until which the child holds (``hold``). SCHED_IDLE alone
+leaves the ack path sharing the machine with the publisher, the broker and the writes
+that mark rows done; holding gives a burst the whole machine, and the backlog is
+published once it ends, or at once when the spool is half full.
+
 The child stops on SIGTERM: it finishes the batches in flight, flushes the producer and exits;
 whatever is unpublished stays pending in the spool. It ignores SIGINT (a terminal's Ctrl-C
 reaches the parent, which then stops it). If it dies, the parent starts a new one.
@@ -35,9 +42,11 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from multiprocessing.sharedctypes import Synchronized
 
 from relay.errors import SpoolUnavailable
 from relay.observability import Metrics, configure_logging, get_logger
@@ -50,6 +59,8 @@ from relay.sources import build
 from relay.spool import Mark, Outcome, Spool, marks
 
 log = get_logger("relay.worker")
+
+_GATE_PERIOD = 0.1  # s between samples of the ack path's CPU use
 
 #: The Reporter methods a child may ask the parent to run.
 REPORTS = frozenset({"published", "duplicated", "dead_lettered", "noticed",
@@ -151,8 +162,45 @@ def lower_priority(idle: bool, nice: int) -> str:
     return f"nice {nice}"
 
 
+@dataclass
+class BurstGate:
+    """Whether the ack path is busy enough for publishing to hold off.
+
+    :meth:`sample` is called every ``period`` s in the main process. It measures the
+    share of one core that process used since the last sample. At or above
+    ``threshold``, publishing holds until ``linger`` s after the last busy sample. It
+    never holds while the spool is at least half full: then the backlog must shrink,
+    burst or not. ``cpu_time`` and ``clock`` are injectable for tests.
+    """
+
+    threshold: float
+    linger: float = 0.3
+    cpu_time: Callable[[], float] = time.process_time
+    clock: Callable[[], float] = time.monotonic
+    until: float = 0.0  # a ``clock`` time; publishing holds while clock() < until
+    share: float = 0.0  # the last sample's CPU share
+    _last: tuple[float, float] | None = field(default=None, repr=False)
+
+    def sample(self, bytes_used: int, max_bytes: int) -> bool:
+        """Take a sample; returns whether publishing holds now."""
+        now, cpu = self.clock(), self.cpu_time()
+        last, self._last = self._last, (now, cpu)
+        if last is None or now <= last[0]:
+            return self.holding(now)
+        self.share = (cpu - last[1]) / (now - last[0])
+        if bytes_used * 2 >= max_bytes:
+            self.until = 0.0
+        elif self.threshold > 0 and self.share >= self.threshold:
+            self.until = now + self.linger
+        return self.holding(now)
+
+    def holding(self, now: float | None = None) -> bool:
+        """Whether publishing holds at ``now`` (default: the clock's now)."""
+        return (self.clock() if now is None else now) < self.until
+
+
 def child_main(settings: Settings, wake: Connection, requests: Connection,
-               replies: Connection) -> None:
+               replies: Connection, hold_until: Synchronized[float] | None = None) -> None:
     """Entry point of the publisher process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     priority = lower_priority(settings.server.publisher_idle, settings.server.publisher_nice)
@@ -160,13 +208,22 @@ def child_main(settings: Settings, wake: Connection, requests: Connection,
     try:
         import uvloop
 
-        uvloop.run(_child(settings, wake, requests, replies, priority))
+        uvloop.run(_child(settings, wake, requests, replies, priority, hold_until))
     except ImportError:  # pragma: no cover - uvloop is a dependency
-        asyncio.run(_child(settings, wake, requests, replies, priority))
+        asyncio.run(_child(settings, wake, requests, replies, priority, hold_until))
+
+
+def _hold(until: Synchronized[float] | None) -> Callable[[], float] | None:
+    """Seconds left of the parent's hold (a time.monotonic() time: one clock for all
+    processes on Linux)."""
+    if until is None:
+        return None
+    return lambda: until.value - time.monotonic()
 
 
 async def _child(settings: Settings, wake: Connection, requests: Connection,
-                 replies: Connection, priority: str) -> None:
+                 replies: Connection, priority: str,
+                 hold_until: Synchronized[float] | None) -> None:
     spool = Spool(settings.spool.dir, settings.spool.max_bytes).open_reader()
     store = RemoteStore(spool, requests, replies)
     cfg = settings.kafka
@@ -174,7 +231,8 @@ async def _child(settings: Settings, wake: Connection, requests: Connection,
     pipeline = Pipeline(
         store, Normaliser(build(settings)), KafkaPublisher(cfg), topics,
         ForwardingReporter(store.outbox), dedup_window=settings.spool.dedup_window_hours * 3600,
-        ensure=lambda: ensure_topics(cfg, topics.all()), read_in_thread=False)
+        ensure=lambda: ensure_topics(cfg, topics.all()), read_in_thread=False,
+        hold=_hold(hold_until))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -227,6 +285,10 @@ class Worker:
         self._completing: set[asyncio.Task[None]] = set()
         self._watch: asyncio.Task[None] | None = None
         self._stopping = False
+        ctx = multiprocessing.get_context("spawn")
+        self._hold_until: Synchronized[float] = ctx.Value("d", 0.0)
+        self.gate = BurstGate(settings.server.publisher_pause_above)
+        self._gauge: asyncio.Task[None] | None = None
 
     def _spawn(self) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -234,7 +296,8 @@ class Worker:
         report_read, report_write = ctx.Pipe(duplex=False)
         reply_read, reply_write = ctx.Pipe(duplex=False)
         process = ctx.Process(target=child_main, name="relay-publisher", daemon=True,
-                              args=(self.settings, wake_read, report_write, reply_read))
+                              args=(self.settings, wake_read, report_write, reply_read,
+                                    self._hold_until))
         process.start()
         wake_read.close()
         report_write.close()
@@ -296,6 +359,21 @@ class Worker:
         """Start the publisher process and a watcher that restarts it if it dies."""
         self._spawn()
         self._watch = asyncio.create_task(self._watchdog(), name="relay-publisher-watch")
+        if self.gate.threshold > 0:
+            self._gauge = asyncio.create_task(self._watch_load(), name="relay-burst-gate")
+
+    async def _watch_load(self) -> None:
+        """Sample the ack path's CPU use every 0.1 s; hold publishing while it is busy."""
+        holding = False
+        while True:
+            await asyncio.sleep(_GATE_PERIOD)
+            now = self.gate.sample(self.spool.bytes_used, self.spool.max_bytes)
+            self._hold_until.value = self.gate.until
+            if now != holding:
+                holding = now
+                self.metrics.publisher_paused.set(1 if now else 0)
+                log.info("publisher_paused" if now else "publisher_resumed",
+                         cpu=round(self.gate.share, 2), spool_bytes=self.spool.bytes_used)
 
     async def _watchdog(self) -> None:
         delay = 1.0
@@ -323,6 +401,11 @@ class Worker:
         """SIGTERM the publisher and wait for it to flush and exit (then SIGKILL)."""
         self._stopping = True
         process = self._process
+        if self._gauge is not None:
+            self._gauge.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._gauge
+        self._hold_until.value = 0.0  # the child publishes what it can before it stops
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -436,3 +436,25 @@ async def test_inline_reads_publish_like_threaded_reads(tmp_path: Path) -> None:
         assert spool.stats().pending == 0
     finally:
         spool.close()
+
+
+async def test_no_new_batch_starts_while_the_ack_path_holds(tmp_path: Path) -> None:
+    """While ``hold`` asks for time, pending rows wait; once it is over they are published."""
+    publisher = MemoryPublisher()
+    held = [60.0]
+    spool = Spool(tmp_path, 1 << 30).open()
+    pipeline = Pipeline(spool, Normaliser(SOURCES), publisher, TOPICS, Metrics(),
+                        dedup_window=3600, hold=lambda: held[0])
+    spool.on_commit = pipeline.wake
+    task = asyncio.create_task(pipeline.run())
+    try:
+        await spool.append(raw([item(1)]))
+        await asyncio.sleep(0.3)  # six looks at the hold, none of which starts a batch
+        assert publisher.records == [] and spool.stats().pending == 1
+        held[0] = 0.0
+        await _until(lambda: spool.stats().pending == 0)
+        assert [r.key for r in publisher.records if r.topic.endswith("receipts.v1")] == [b"m1"]
+    finally:
+        await pipeline.stop()
+        task.cancel()
+        spool.close()

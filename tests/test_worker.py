@@ -27,7 +27,7 @@ from relay.errors import SpoolUnavailable
 from relay.pipes import Outbox
 from relay.service import Service
 from relay.spool import DEAD, PUBLISHED, Outcome, Spool
-from relay.worker import ForwardingReporter, RemoteStore, lower_priority
+from relay.worker import BurstGate, ForwardingReporter, RemoteStore, lower_priority
 
 AUTH = basic("relay", "s3cret-for-tests")
 BW = {"name": "bw", "provider": "bandwidth",
@@ -201,3 +201,76 @@ def test_publisher_exits_when_relay_is_killed(kafka_bootstrap: str, tmp_path: Pa
     while any(alive(k) for k in kids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(alive(k) for k in kids)
+
+
+class Ticks:
+    """A clock and a CPU-time counter that a test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.cpu = 5.0
+
+    def advance(self, seconds: float, cpu_share: float) -> None:
+        self.now += seconds
+        self.cpu += seconds * cpu_share
+
+
+def _gate(threshold: float = 0.6) -> tuple[BurstGate, Ticks]:
+    ticks = Ticks()
+    gate = BurstGate(threshold, linger=0.3, cpu_time=lambda: ticks.cpu, clock=lambda: ticks.now)
+    return gate, ticks
+
+
+def test_burst_gate_holds_while_the_ack_path_is_busy_and_a_little_after() -> None:
+    """A busy sample holds publishing for ``linger`` s after it; quiet samples let it go."""
+    gate, ticks = _gate()
+    assert gate.sample(0, 1000) is False  # the first sample only sets the baseline
+    ticks.advance(0.1, 0.3)
+    assert gate.sample(0, 1000) is False and gate.share == pytest.approx(0.3)
+    ticks.advance(0.1, 0.8)
+    assert gate.sample(0, 1000) is True and gate.until == pytest.approx(ticks.now + 0.3)
+    ticks.advance(0.1, 0.1)
+    assert gate.sample(0, 1000) is True  # quiet, but within the linger
+    ticks.advance(0.25, 0.1)
+    assert gate.sample(0, 1000) is False and not gate.holding()
+
+
+def test_burst_gate_never_holds_with_the_spool_half_full() -> None:
+    """However busy the ack path, a spool at least half full is published at once."""
+    gate, ticks = _gate()
+    gate.sample(0, 1000)
+    ticks.advance(0.1, 1.0)
+    assert gate.sample(499, 1000) is True
+    ticks.advance(0.1, 1.0)
+    assert gate.sample(500, 1000) is False and gate.until == 0.0
+
+
+def test_burst_gate_with_threshold_zero_never_holds() -> None:
+    """publisher_pause_above = 0 turns holding off."""
+    gate, ticks = _gate(0.0)
+    gate.sample(0, 1000)
+    ticks.advance(0.1, 1.0)
+    assert gate.sample(0, 1000) is False
+
+
+@pytest.mark.kafka
+async def test_publisher_process_obeys_the_parents_hold(kafka_bootstrap: str,
+                                                        tmp_path: Path) -> None:
+    """While the parent's shared hold time lies ahead, the child process publishes nothing;
+    once it has passed, the waiting postback is published."""
+    settings = make_settings(tmp_path, kafka=kafka_bootstrap, sources=[BW],
+                             environ={"BW_PASS": "s3cret-for-tests"},
+                             server={"publisher_pause_above": 0})  # no gate: the test holds
+    service = Service(settings)
+    prefix = settings.kafka.topic_prefix
+    async with relay_server(settings, service) as url, httpx.AsyncClient(base_url=url) as client:
+        worker = service.worker
+        assert worker is not None and worker._gauge is None
+        worker._hold_until.value = time.monotonic() + 1000
+        response = await client.post("/hooks/bw", content=json.dumps([dlr(1)]), headers=AUTH)
+        assert response.status_code == 200
+        await asyncio.sleep(1.5)
+        assert service.spool.stats().pending == 1
+        worker._hold_until.value = 0.0
+        (record,) = await consume(kafka_bootstrap, f"{prefix}delivery-receipts.v1", 1)
+        assert record.key == b"msg-1"

@@ -93,6 +93,7 @@ class ServerConfig:
     publisher_nice: int = 10
     publisher_idle: bool = True
     publisher_pause_above: float = 0.6
+    publisher_pause_max_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -282,7 +283,7 @@ def _server(data: Mapping[str, Any]) -> ServerConfig:
     w = "server"
     _unknown_keys(data, {"host", "port", "trusted_proxies", "max_body_bytes",
                          "shutdown_timeout", "publisher_nice", "publisher_idle",
-                         "publisher_pause_above"}, w)
+                         "publisher_pause_above", "publisher_pause_max_seconds"}, w)
     d = ServerConfig()
     port = _get(data, "port", int, w)
     if port is not None and not 0 <= port <= 65535:
@@ -305,6 +306,9 @@ def _server(data: Mapping[str, Any]) -> ServerConfig:
         publisher_nice=d.publisher_nice if nice is None else nice,
         publisher_idle=_or(_get(data, "publisher_idle", bool, w), d.publisher_idle),
         publisher_pause_above=d.publisher_pause_above if pause is None else float(pause),
+        publisher_pause_max_seconds=float(_positive(
+            _get(data, "publisher_pause_max_seconds", (int, float), w),
+            "server.publisher_pause_max_seconds", d.publisher_pause_max_seconds)),
     )
 
 

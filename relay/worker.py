@@ -24,7 +24,8 @@ wait on another process's lock. Parent and child talk over three one-way pipes::
 
 While the ack path is busy, the child starts no new batch: the parent samples its own
 CPU use every 0.1 s (:class:`BurstGate`) and, above ``[server] publisher_pause_above``,
-sets a time in shared memory until which the child holds (``hold``). SCHED_IDLE alone
+sets a time in shared memory until which the child holds (``hold``), for at most
+``publisher_pause_max_seconds`` a burst. SCHED_IDLE alone
 leaves the ack path sharing the machine with the publisher, the broker and the writes
 that mark rows done; holding gives a burst the whole machine, and the backlog is
 published once it ends, or at once when the spool is half full.
@@ -166,20 +167,25 @@ def lower_priority(idle: bool, nice: int) -> str:
 class BurstGate:
     """Whether the ack path is busy enough for publishing to hold off.
 
-    :meth:`sample` is called every ``period`` s in the main process. It measures the
-    share of one core that process used since the last sample. At or above
-    ``threshold``, publishing holds until ``linger`` s after the last busy sample. It
-    never holds while the spool is at least half full: then the backlog must shrink,
-    burst or not. ``cpu_time`` and ``clock`` are injectable for tests.
+    :meth:`sample` is called every 0.1 s in the main process. It measures the share of
+    one core that process used since the last sample. At or above ``threshold``,
+    publishing holds until ``linger`` s after the last busy sample. A hold lasts at
+    most ``max_hold`` s: a longer burst is load to live with, and publishing goes on
+    (at its idle priority) until a quiet sample ends it. It never holds while the spool
+    is at least half full: then the backlog must shrink, burst or not. ``cpu_time`` and
+    ``clock`` are injectable for tests.
     """
 
     threshold: float
+    max_hold: float = 30.0
     linger: float = 0.3
     cpu_time: Callable[[], float] = time.process_time
     clock: Callable[[], float] = time.monotonic
     until: float = 0.0  # a ``clock`` time; publishing holds while clock() < until
     share: float = 0.0  # the last sample's CPU share
     _last: tuple[float, float] | None = field(default=None, repr=False)
+    _since: float | None = field(default=None, repr=False)  # when the current hold began
+    _spent: bool = field(default=False, repr=False)  # a hold ran out; no new one yet
 
     def sample(self, bytes_used: int, max_bytes: int) -> bool:
         """Take a sample; returns whether publishing holds now."""
@@ -188,10 +194,16 @@ class BurstGate:
         if last is None or now <= last[0]:
             return self.holding(now)
         self.share = (cpu - last[1]) / (now - last[0])
-        if bytes_used * 2 >= max_bytes:
+        busy = self.threshold > 0 and self.share >= self.threshold
+        self._spent = self._spent and busy
+        if bytes_used * 2 >= max_bytes or self._spent:
             self.until = 0.0
-        elif self.threshold > 0 and self.share >= self.threshold:
-            self.until = now + self.linger
+        elif busy:
+            self._since = now if self._since is None else self._since
+            self._spent = now - self._since >= self.max_hold
+            self.until = 0.0 if self._spent else now + self.linger
+        if not self.holding(now):
+            self._since = None
         return self.holding(now)
 
     def holding(self, now: float | None = None) -> bool:
@@ -287,7 +299,8 @@ class Worker:
         self._stopping = False
         ctx = multiprocessing.get_context("spawn")
         self._hold_until: Synchronized[float] = ctx.Value("d", 0.0)
-        self.gate = BurstGate(settings.server.publisher_pause_above)
+        self.gate = BurstGate(settings.server.publisher_pause_above,
+                              settings.server.publisher_pause_max_seconds)
         self._gauge: asyncio.Task[None] | None = None
 
     def _spawn(self) -> None:

@@ -188,7 +188,7 @@ def test_server_values_parsed() -> None:
     s = parse({"server": {"host": "0.0.0.0", "port": 0, "trusted_proxies": ["10.0.0.0/8", "::1"],
                           "max_body_bytes": 10, "shutdown_timeout": 2.5,
                           "publisher_nice": 0, "publisher_idle": False,
-                          "publisher_pause_above": 0.25}},
+                          "publisher_pause_above": 0.25, "publisher_pause_max_seconds": 5}},
               environ={}, base=Path("/b"))  # fmt: skip
     assert s.server.host == "0.0.0.0"
     assert s.server.port == 0
@@ -199,6 +199,8 @@ def test_server_values_parsed() -> None:
     assert s.server.publisher_nice == 0
     assert s.server.publisher_idle is False
     assert s.server.publisher_pause_above == 0.25
+    assert s.server.publisher_pause_max_seconds == 5.0
+    assert parse({}, environ={}, base=Path("/b")).server.publisher_pause_max_seconds == 30.0
     assert parse({}, environ={}, base=Path("/b")).server.publisher_pause_above == 0.6
     assert parse({"server": {"publisher_pause_above": 0}}, environ={},
                  base=Path("/b")).server.publisher_pause_above == 0.0
@@ -233,6 +235,9 @@ def test_trusted_proxy_host_bits_are_accepted() -> None:
         ({"server": {"publisher_pause_above": -0.1}}, "server.publisher_pause_above"),
         ({"server": {"publisher_pause_above": "0.6"}}, "server.publisher_pause_above"),
         ({"server": {"publisher_pause_above": True}}, "server.publisher_pause_above"),
+        ({"server": {"publisher_pause_max_seconds": 0}}, "server.publisher_pause_max_seconds"),
+        ({"server": {"publisher_pause_max_seconds": "30"}},
+         "server.publisher_pause_max_seconds"),
         ({"server": {"trusted_proxies": "10.0.0.0/8"}}, "server.trusted_proxies"),
         ({"server": {"trusted_proxies": ["10.0.0.0/8", "nope"]}}, "server.trusted_proxies[1]"),
         ({"server": {"bogus": 1}}, "server.bogus"),

@@ -215,10 +215,28 @@ class Ticks:
         self.cpu += seconds * cpu_share
 
 
-def _gate(threshold: float = 0.6) -> tuple[BurstGate, Ticks]:
+def _gate(threshold: float = 0.6, max_hold: float = 30.0) -> tuple[BurstGate, Ticks]:
     ticks = Ticks()
-    gate = BurstGate(threshold, linger=0.3, cpu_time=lambda: ticks.cpu, clock=lambda: ticks.now)
+    gate = BurstGate(threshold, max_hold, linger=0.3, cpu_time=lambda: ticks.cpu,
+                     clock=lambda: ticks.now)
     return gate, ticks
+
+
+def test_burst_gate_hold_lasts_at_most_max_hold_until_a_quiet_sample() -> None:
+    """A burst longer than max_hold is let publish; only after a quiet sample can a new
+    hold begin."""
+    gate, ticks = _gate(max_hold=1.0)
+    gate.sample(0, 1000)
+    held = []
+    for _ in range(15):  # 1.5 s of a busy ack path
+        ticks.advance(0.1, 0.9)
+        held.append(gate.sample(0, 1000))
+    released = held.index(False)  # the first sample 1 s after the hold began
+    assert released in (10, 11) and all(held[:released]) and not any(held[released:])
+    ticks.advance(0.1, 0.1)
+    assert gate.sample(0, 1000) is False  # quiet: the burst is over
+    ticks.advance(0.1, 0.9)
+    assert gate.sample(0, 1000) is True  # a new burst holds again
 
 
 def test_burst_gate_holds_while_the_ack_path_is_busy_and_a_little_after() -> None:

@@ -107,7 +107,7 @@ class SeenStore:
 
     def insert(self, rows: Sequence[tuple[str, int, float]]) -> None:
         """Insert ``(event_id, raw_id, seen_at)`` rows in one transaction (a known id
-        takes the newer time)."""
+        takes the time given)."""
         with self._lock:
             conn = self._db()
             conn.execute("BEGIN IMMEDIATE")

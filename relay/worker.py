@@ -301,7 +301,7 @@ class Worker:
         self._hold_until: Synchronized[float] = ctx.Value("d", 0.0)
         self.gate = BurstGate(settings.server.publisher_pause_above,
                               settings.server.publisher_pause_max_seconds)
-        self._gauge: asyncio.Task[None] | None = None
+        self._gate_task: asyncio.Task[None] | None = None
 
     def _spawn(self) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -373,19 +373,19 @@ class Worker:
         self._spawn()
         self._watch = asyncio.create_task(self._watchdog(), name="relay-publisher-watch")
         if self.gate.threshold > 0:
-            self._gauge = asyncio.create_task(self._watch_load(), name="relay-burst-gate")
+            self._gate_task = asyncio.create_task(self._watch_load(), name="relay-burst-gate")
 
     async def _watch_load(self) -> None:
         """Sample the ack path's CPU use every 0.1 s; hold publishing while it is busy."""
         holding = False
         while True:
             await asyncio.sleep(_GATE_PERIOD)
-            now = self.gate.sample(self.spool.bytes_used, self.spool.max_bytes)
+            paused = self.gate.sample(self.spool.bytes_used, self.spool.max_bytes)
             self._hold_until.value = self.gate.until
-            if now != holding:
-                holding = now
-                self.metrics.publisher_paused.set(1 if now else 0)
-                log.info("publisher_paused" if now else "publisher_resumed",
+            if paused != holding:
+                holding = paused
+                self.metrics.publisher_paused.set(1 if paused else 0)
+                log.info("publisher_paused" if paused else "publisher_resumed",
                          cpu=round(self.gate.share, 2), spool_bytes=self.spool.bytes_used)
 
     async def _watchdog(self) -> None:
@@ -414,10 +414,10 @@ class Worker:
         """SIGTERM the publisher and wait for it to flush and exit (then SIGKILL)."""
         self._stopping = True
         process = self._process
-        if self._gauge is not None:
-            self._gauge.cancel()
+        if self._gate_task is not None:
+            self._gate_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._gauge
+                await self._gate_task
         self._hold_until.value = 0.0  # the child publishes what it can before it stops
         if self._watch is not None:
             self._watch.cancel()

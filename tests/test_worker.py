@@ -283,7 +283,7 @@ async def test_publisher_process_obeys_the_parents_hold(kafka_bootstrap: str,
     prefix = settings.kafka.topic_prefix
     async with relay_server(settings, service) as url, httpx.AsyncClient(base_url=url) as client:
         worker = service.worker
-        assert worker is not None and worker._gauge is None
+        assert worker is not None and worker._gate_task is None
         worker._hold_until.value = time.monotonic() + 1000
         response = await client.post("/hooks/bw", content=json.dumps([dlr(1)]), headers=AUTH)
         assert response.status_code == 200

@@ -61,9 +61,14 @@ class Service:
         self.metrics = Metrics()
         self.sources: dict[str, Source] = dict(build(settings))
         self.topics = Topics(settings.kafka.topic_prefix)
-        spool_class = Spool if publisher is not None else SpoolProcess
-        self.spool: Spool = spool_class(settings.spool.dir, settings.spool.max_bytes,
-                                        on_commit=self._committed)
+        self.spool: Spool
+        if publisher is not None:
+            self.spool = Spool(settings.spool.dir, settings.spool.max_bytes,
+                               on_commit=self._committed)
+        else:  # the writer process logs like this one
+            self.spool = SpoolProcess(settings.spool.dir, settings.spool.max_bytes,
+                                      on_commit=self._committed,
+                                      logging=(settings.log.level, settings.log.format))
         self.pipeline: Pipeline | None = None
         self.worker: Worker | None = None
         if publisher is not None:

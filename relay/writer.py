@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.errors import SpoolUnavailable
-from relay.observability import get_logger
+from relay.observability import configure_logging, get_logger
 from relay.pipes import Frames, Outbox
 from relay.spool import Spool, WriteOp, WriteResult
 
@@ -121,10 +121,12 @@ class _Writer:
 
 
 def writer_main(directory: Path, max_bytes: int, requests: Connection,
-                replies: Connection) -> None:
-    """Entry point of the writer process."""
+                replies: Connection, logging: tuple[str, str] | None = None) -> None:
+    """Entry point of the writer process (``logging``: level and format, as relay's)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if logging is not None:
+        configure_logging(*logging)
     try:
         spool = Spool(directory, max_bytes).open()
     except Exception as exc:
@@ -155,8 +157,10 @@ class SpoolProcess(Spool):
     """
 
     def __init__(self, directory: Path, max_bytes: int, *,
-                 on_commit: Callable[[], None] | None = None) -> None:
+                 on_commit: Callable[[], None] | None = None,
+                 logging: tuple[str, str] | None = None) -> None:
         super().__init__(directory, max_bytes, on_commit=on_commit)
+        self._logging = logging  # the writer's log level and format
         self._outbox: Outbox | None = None  # requests to the writer, while it runs
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._appends: set[int] = set()
@@ -184,7 +188,8 @@ class SpoolProcess(Spool):
         _widen(request_write)
         _widen(reply_write)
         process = ctx.Process(target=writer_main, name="relay-spool-writer", daemon=True,
-                              args=(self.path.parent, self.max_bytes, request_read, reply_write))
+                              args=(self.path.parent, self.max_bytes, request_read, reply_write,
+                                    self._logging))
         process.start()
         request_read.close()
         reply_write.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sqlite3
@@ -163,3 +164,26 @@ async def test_stop_does_not_wait_for_a_writer_that_died(tmp_path: Path) -> None
     await asyncio.wait_for(stopping, 10)
     with pytest.raises(SpoolUnavailable):
         await waiting
+
+
+async def test_writer_logs_in_relays_format(tmp_path: Path,
+                                            capfd: pytest.CaptureFixture[str]) -> None:
+    """The writer process logs as relay is configured to (here JSON): moving a format-1
+    spool's seen ids shows as one JSON line."""
+    directory = tmp_path / "spool"
+    directory.mkdir()
+    conn = sqlite3.connect(directory / "spool.db")
+    conn.executescript("""CREATE TABLE seen (event_id TEXT PRIMARY KEY, raw_id INTEGER NOT NULL,
+                                             seen_at REAL NOT NULL) WITHOUT ROWID;
+                          INSERT INTO seen VALUES ('e1', 1, 5.0);""")
+    conn.commit()
+    conn.close()
+    s = SpoolProcess(directory, BIG, logging=("info", "json"))
+    await s.start()
+    try:
+        assert s.seen_ids(["e1"], since=0.0) == {"e1"}
+    finally:
+        await s.stop()
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines()
+             if "seen_ids_moved" in line]
+    assert [(d["event"], d["count"], d["level"]) for d in lines] == [("seen_ids_moved", 1, "info")]

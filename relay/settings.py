@@ -303,9 +303,9 @@ def _server(data: Mapping[str, Any]) -> ServerConfig:
                                  d.max_body_bytes),
         shutdown_timeout=_positive(_get(data, "shutdown_timeout", (int, float), w),
                                    "server.shutdown_timeout", d.shutdown_timeout),
-        publisher_nice=d.publisher_nice if nice is None else nice,
+        publisher_nice=_or(nice, d.publisher_nice),
         publisher_idle=_or(_get(data, "publisher_idle", bool, w), d.publisher_idle),
-        publisher_pause_above=d.publisher_pause_above if pause is None else float(pause),
+        publisher_pause_above=float(_or(pause, d.publisher_pause_above)),
         publisher_pause_max_seconds=float(_positive(
             _get(data, "publisher_pause_max_seconds", (int, float), w),
             "server.publisher_pause_max_seconds", d.publisher_pause_max_seconds)),

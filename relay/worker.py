@@ -25,10 +25,10 @@ wait on another process's lock. Parent and child talk over three one-way pipes::
 While the ack path is busy, the child starts no new batch: the parent samples its own
 CPU use every 0.1 s (:class:`BurstGate`) and, above ``[server] publisher_pause_above``,
 sets a time in shared memory until which the child holds (``hold``), for at most
-``publisher_pause_max_seconds`` a burst. SCHED_IDLE alone
-leaves the ack path sharing the machine with the publisher, the broker and the writes
-that mark rows done; holding gives a burst the whole machine, and the backlog is
-published once it ends, or at once when the spool is half full.
+``publisher_pause_max_seconds`` a burst. SCHED_IDLE alone leaves the ack path sharing
+the machine with the publisher, the broker and the writes that mark rows done; holding
+gives a burst the whole machine, and the backlog is published once it ends, or at once
+when the spool is half full.
 
 The child stops on SIGTERM: it finishes the batches in flight, flushes the producer and exits;
 whatever is unpublished stays pending in the spool. It ignores SIGINT (a terminal's Ctrl-C
@@ -202,9 +202,10 @@ class BurstGate:
             self._since = now if self._since is None else self._since
             self._spent = now - self._since >= self.max_hold
             self.until = 0.0 if self._spent else now + self.linger
-        if not self.holding(now):
+        held = self.holding(now)
+        if not held:
             self._since = None
-        return self.holding(now)
+        return held
 
     def holding(self, now: float | None = None) -> bool:
         """Whether publishing holds at ``now`` (default: the clock's now)."""

@@ -322,7 +322,6 @@ async def loadgen(work: Path, port: int, *, mode: str, phase: str, run: str,
         if code != 0:
             raise RuntimeError(f"load generator exited {code}")
         parts.append(orjson.loads(out_path.read_bytes()))
-        out_path.unlink()
     window = time.monotonic() - t0
     cpu, th1, k1 = cpu_seconds(server_pid) - cpu0, thread_cpu(server_pid), cpu_seconds(kafka_pid)
     kids = children_cpu(server_pid) - kids0
@@ -807,7 +806,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quiet-wait", type=float, metavar="S",
                    help="before each phase wait up to S s for other processes to use < 0.25 "
                    "cores (15; quick 3; 0 = don't wait)")  # fmt: skip
-    p.add_argument("--keep", action="store_true", help="keep the work dir (logs, spool)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the work dir (logs, spool, the load generators' raw results)")
     p.add_argument("--json-only", action="store_true", help="print only the JSON line")
     args = p.parse_args(argv)
     quick = args.quick

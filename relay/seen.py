@@ -3,19 +3,10 @@
 On-disk format
 --------------
 One SQLite database beside the spool, ``<spool.dir>/seen.db``, in WAL mode with
-``synchronous=NORMAL``, 1 KiB pages, checkpointed every 4,000 pages (4 MiB of WAL)::
+``synchronous=NORMAL``::
 
     seen(event_id PRIMARY KEY, raw_id, seen_at REAL)   -- WITHOUT ROWID
     index seen_at(seen_at)                              -- for pruning
-
-Small pages because every id lands on a random leaf: each one costs a page in the WAL
-and again in the checkpoint that copies it back, and a checkpoint's writes and fsync
-share the disk with the spool's commits, which acknowledgements wait for. 1 KiB pages
-write a quarter of the bytes that SQLite's default 4 KiB pages did, at the same
-checkpoint cadence. In five interleaved pairs of 20 s runs at 1,000 postbacks/s, the
-ack latency's p999 was lower in all five (7.8-11.8 ms against 10.6-14.9 ms) and its p99
-in four (mean 6.4 ms against 7.5 ms). The page size is fixed when the file is created:
-a ``seen.db`` made with 4 KiB pages keeps them and works as before.
 
 Why a database of its own
 -------------------------
@@ -59,8 +50,6 @@ CREATE INDEX IF NOT EXISTS seen_at ON seen(seen_at);
 """
 
 _CHUNK = 500  # ids a lookup asks for, or rows a prune transaction deletes, at most
-PAGE_SIZE = 1024  # bytes; applies when the file is created
-CHECKPOINT_PAGES = 4000  # wal_autocheckpoint: 4 MiB of WAL at PAGE_SIZE
 
 
 class Published(Protocol):
@@ -86,10 +75,8 @@ class SeenStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
-            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before WAL mode creates the file
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
             conn.execute("PRAGMA busy_timeout=10000")
             conn.executescript(SCHEMA)
         except sqlite3.Error:

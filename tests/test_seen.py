@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.seen import CHECKPOINT_PAGES, PAGE_SIZE, SCHEMA, SeenStore
+from relay.seen import SeenStore
 from relay.spool import PUBLISHED, Outcome
 
 
@@ -33,35 +33,6 @@ def test_open_uses_wal_and_normal_sync(tmp_path: Path) -> None:
     finally:
         store.close()
     assert (tmp_path / "d" / "seen.db").exists()
-
-
-def test_new_file_has_small_pages_and_checkpoints_every_4000(tmp_path: Path) -> None:
-    """A new seen.db has 1 KiB pages and checkpoints its WAL every 4,000 pages."""
-    store = SeenStore(tmp_path / "seen.db").open()
-    try:
-        conn = store._db()
-        assert conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 1024
-        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == CHECKPOINT_PAGES
-    finally:
-        store.close()
-
-
-def test_file_with_default_pages_keeps_them_and_works(tmp_path: Path) -> None:
-    """A seen.db created with SQLite's 4 KiB pages keeps them, and its ids are still found."""
-    path = tmp_path / "seen.db"
-    old = sqlite3.connect(path, isolation_level=None)
-    old.execute("PRAGMA page_size=4096")
-    old.execute("PRAGMA journal_mode=WAL")
-    old.executescript(SCHEMA)
-    old.execute("INSERT INTO seen VALUES ('e-old', 1, 100.0)")
-    old.close()
-    store = SeenStore(path).open()
-    try:
-        store.insert([("e-new", 2, 200.0)])
-        assert store._db().execute("PRAGMA page_size").fetchone()[0] == 4096
-        assert store.seen_ids(["e-old", "e-new", "e-other"], 0.0) == {"e-old", "e-new"}
-    finally:
-        store.close()
 
 
 def test_add_records_every_event_id_with_its_raw_row(seen: SeenStore) -> None:

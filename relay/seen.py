@@ -108,13 +108,16 @@ class SeenStore:
     def insert(self, rows: Sequence[tuple[str, int, float]]) -> None:
         """Insert ``(event_id, raw_id, seen_at)`` rows in one transaction (a known id
         takes the time given)."""
+        self._write("INSERT OR REPLACE INTO seen (event_id, raw_id, seen_at) VALUES (?, ?, ?)",
+                    rows)
+
+    def _write(self, sql: str, rows: Sequence[tuple[str, int, float]]) -> None:
+        """``sql`` over ``rows`` in one transaction, rolled back if it fails."""
         with self._lock:
             conn = self._db()
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO seen (event_id, raw_id, seen_at) VALUES (?, ?, ?)",
-                    rows)
+                conn.executemany(sql, rows)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -152,14 +155,9 @@ class SeenStore:
         keeping the newer time of an id known to both; returns how many were read."""
         total = 0
         while chunk := list(itertools.islice(rows, 10_000)):
-            with self._lock:
-                conn = self._db()
-                conn.execute("BEGIN IMMEDIATE")
-                conn.executemany(
-                    "INSERT INTO seen (event_id, raw_id, seen_at) VALUES (?, ?, ?)"
-                    " ON CONFLICT(event_id) DO UPDATE SET raw_id = excluded.raw_id,"
-                    " seen_at = excluded.seen_at WHERE excluded.seen_at > seen.seen_at",
-                    chunk)
-                conn.execute("COMMIT")
+            self._write("INSERT INTO seen (event_id, raw_id, seen_at) VALUES (?, ?, ?)"
+                        " ON CONFLICT(event_id) DO UPDATE SET raw_id = excluded.raw_id,"
+                        " seen_at = excluded.seen_at WHERE excluded.seen_at > seen.seen_at",
+                        chunk)
             total += len(chunk)
         return total

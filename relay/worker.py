@@ -298,14 +298,14 @@ class Worker:
         self._completing: set[asyncio.Task[None]] = set()
         self._watch: asyncio.Task[None] | None = None
         self._stopping = False
-        ctx = multiprocessing.get_context("spawn")
-        self._hold_until: Synchronized[float] = ctx.Value("d", 0.0)
+        self._ctx = multiprocessing.get_context("spawn")  # the child's pipes and shared hold
+        self._hold_until: Synchronized[float] = self._ctx.Value("d", 0.0)
         self.gate = BurstGate(settings.server.publisher_pause_above,
                               settings.server.publisher_pause_max_seconds)
         self._gate_task: asyncio.Task[None] | None = None
 
     def _spawn(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
+        ctx = self._ctx
         wake_read, wake_write = ctx.Pipe(duplex=False)
         report_read, report_write = ctx.Pipe(duplex=False)
         reply_read, reply_write = ctx.Pipe(duplex=False)

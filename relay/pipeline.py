@@ -350,13 +350,23 @@ class Pipeline:
     provider's retry in a later batch is still published once. When a batch fails, the
     others are let finish, the cursor goes back to the start and the loop backs off: the
     rows still pending are read again.
+
+    ``linger`` (s) spaces the batches out while the backlog is small: a new batch starts
+    at least ``linger`` after the previous one began, unless that one was full (a backlog
+    goes out back to back), so at a steady trickle the rows committed meanwhile go as one
+    batch: one round trip to Kafka, one ``seen.db`` write and one completion, instead of
+    one per commit. The first postback after a quiet spell goes at once. ``listen(on)``,
+    when given, is told when the loop wants :meth:`wake` calls: only while it waits for
+    new rows (the publisher process stops watching its wake pipe the rest of the time,
+    which would otherwise wake it at every commit).
     """
 
     def __init__(self, spool: Store, normaliser: Normaliser, publisher: Publisher,
                  topics: Topics, reporter: Reporter, *, dedup_window: float,
                  ensure: Callable[[], Any] | None = None, batch_size: int = 256,
                  max_in_flight: int = 4, read_in_thread: bool = True,
-                 hold: Callable[[], float] | None = None,
+                 hold: Callable[[], float] | None = None, linger: float = 0.0,
+                 listen: Callable[[bool], None] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.spool = spool
         self.normaliser = normaliser
@@ -368,6 +378,8 @@ class Pipeline:
         self.ensure = ensure
         self.batch_size = batch_size
         self.max_in_flight = max_in_flight
+        self.linger = linger
+        self.listen = listen
         self.read_in_thread = read_in_thread
         self.clock = clock
         self.connected = False
@@ -378,13 +390,20 @@ class Pipeline:
         self._stopped = asyncio.Event()  # set while the loop is not running
         self._stopped.set()
         self._cursor = 0  # the last raw id taken into a batch
+        self._started = float("-inf")  # time.monotonic() when the last batch was taken
+        self._full = False  # whether that batch was full
         self._in_flight: dict[asyncio.Task[None], frozenset[str]] = {}
 
     def wake(self) -> None:
         """Tell the loop new rows were committed (called on the event loop)."""
         self._wake.set()
 
+    def _listening(self, on: bool) -> None:
+        if self.listen is not None:
+            self.listen(on)
+
     async def _sleep(self, seconds: float) -> None:
+        self._listening(True)
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
@@ -456,6 +475,8 @@ class Pipeline:
         if held > 0:  # the ack path is busy: batches in flight finish, no new one starts
             await asyncio.sleep(min(held, _HOLD_STEP))
             return
+        if await self._linger():
+            return
         work = await self._take()
         if work is None:
             await self._wait(None if self._in_flight else 1.0)
@@ -463,6 +484,17 @@ class Pipeline:
         derivations, batch = work
         task = asyncio.create_task(self._publish(derivations, batch), name="relay-batch")
         self._in_flight[task] = frozenset(i for i in batch.event_ids if i is not None)
+
+    async def _linger(self) -> bool:
+        """Wait out what is left of ``linger`` since the last batch began, unless that
+        batch was full; True if it waited."""
+        if self.linger <= 0 or self._full:
+            return False
+        due = self._started + self.linger - time.monotonic()
+        if due <= 0:
+            return False
+        await asyncio.sleep(due)
+        return True
 
     def _collect(self) -> None:
         """Forget finished batches; raise the first error among them."""
@@ -476,6 +508,7 @@ class Pipeline:
 
     async def _wait(self, idle: float | None) -> None:
         """Until new rows are committed or a batch finishes (or ``idle`` s pass)."""
+        self._listening(True)
         if self._wake.is_set():
             return
         waker = asyncio.ensure_future(self._wake.wait())
@@ -496,10 +529,12 @@ class Pipeline:
 
     async def _take(self) -> tuple[list[Derived], Batch] | None:
         """Read and derive the next pending rows after the cursor; None if there are none."""
+        self._listening(False)
         self._wake.clear()
         rows = await self._read(self.spool.pending, self._cursor, self.batch_size)
         if not rows:
             return None
+        self._started, self._full = time.monotonic(), len(rows) >= self.batch_size
         derivations = []
         for i, raw in enumerate(rows):
             derivations.append(self.normaliser.derive(raw))

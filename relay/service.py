@@ -74,7 +74,8 @@ class Service:
         if publisher is not None:
             self.pipeline = Pipeline(
                 self.spool, Normaliser(self.sources), publisher, self.topics, self.metrics,
-                dedup_window=settings.spool.dedup_window_hours * 3600, clock=clock)
+                dedup_window=settings.spool.dedup_window_hours * 3600,
+                linger=settings.kafka.batch_linger_ms / 1000, clock=clock)
         elif settings.kafka.configured:
             self.worker = Worker(settings, self.metrics, self.spool)
         self._tasks: list[asyncio.Task[Any]] = []

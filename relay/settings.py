@@ -118,7 +118,8 @@ class KafkaConfig:
     partitions: int = 6
     replication_factor: int = 1
     compression: str = "zstd"
-    linger_ms: int = 5
+    linger_ms: int = 0
+    batch_linger_ms: int = 10
     request_timeout_ms: int = 30000
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
@@ -240,11 +241,11 @@ def _positive(value: int | float | None, key: str, default: Any) -> Any:
     return value
 
 
-def _linger(value: int | None, default: int) -> int:
+def _linger(value: int | None, key: str, default: int) -> int:
     if value is None:
         return default
     if value < 0:
-        raise ConfigError("kafka.linger_ms", "must be zero or more")
+        raise ConfigError(key, "must be zero or more")
     return value
 
 
@@ -341,9 +342,9 @@ def _kafka(data: Mapping[str, Any], environ: Mapping[str, str]) -> KafkaConfig:
     w = "kafka"
     _unknown_keys(data, {"bootstrap_servers", "topic_prefix", "client_id", "create_topics",
                          "partitions", "replication_factor", "compression", "linger_ms",
-                         "request_timeout_ms", "security_protocol", "sasl_mechanism",
-                         "sasl_username", "sasl_password", "ssl_cafile", "ssl_certfile",
-                         "ssl_keyfile"}, w)
+                         "batch_linger_ms", "request_timeout_ms", "security_protocol",
+                         "sasl_mechanism", "sasl_username", "sasl_password", "ssl_cafile",
+                         "ssl_certfile", "ssl_keyfile"}, w)
     d = KafkaConfig()
     servers = data.get("bootstrap_servers", [])
     override = environ.get("RELAY_KAFKA_BOOTSTRAP_SERVERS")
@@ -381,7 +382,9 @@ def _kafka(data: Mapping[str, Any], environ: Mapping[str, str]) -> KafkaConfig:
         replication_factor=_positive(_get(data, "replication_factor", int, w),
                                      "kafka.replication_factor", d.replication_factor),
         compression=compression,
-        linger_ms=_linger(_get(data, "linger_ms", int, w), d.linger_ms),
+        linger_ms=_linger(_get(data, "linger_ms", int, w), "kafka.linger_ms", d.linger_ms),
+        batch_linger_ms=_linger(_get(data, "batch_linger_ms", int, w), "kafka.batch_linger_ms",
+                                d.batch_linger_ms),
         request_timeout_ms=_positive(_get(data, "request_timeout_ms", int, w),
                                      "kafka.request_timeout_ms", d.request_timeout_ms),
         security_protocol=protocol,

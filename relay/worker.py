@@ -12,7 +12,8 @@ wait on another process's lock. Parent and child talk over three one-way pipes::
 
     parent -> child   wake: a raw pipe; one byte per spool commit ("new rows";
                       non-blocking: a full pipe already means "wake up"); EOF means the
-                      parent is gone, and the child stops.
+                      parent is gone, and the child stops. The child watches it only
+                      while its pipeline waits for new rows (``Pipeline.listen``).
     child -> parent   requests: a multiprocessing Connection carrying, one list per
                       event-loop iteration, reports ``(name, *args)`` applied to the
                       parent's :class:`~relay.observability.Metrics` (what /metrics and
@@ -245,11 +246,18 @@ async def _child(settings: Settings, wake: Connection, requests: Connection,
         store, Normaliser(build(settings)), KafkaPublisher(cfg), topics,
         ForwardingReporter(store.outbox), dedup_window=settings.spool.dedup_window_hours * 3600,
         ensure=lambda: ensure_topics(cfg, topics.all()), read_in_thread=False,
-        hold=_hold(hold_until))
+        hold=_hold(hold_until), linger=cfg.batch_linger_ms / 1000)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_reader(replies.fileno(), store.on_reply)
+
+    def on_reply() -> None:
+        store.on_reply()
+        if store.replies.closed:  # the parent is gone (the wake pipe may not be watched)
+            loop.remove_reader(replies.fileno())
+            stop.set()
+
+    loop.add_reader(replies.fileno(), on_reply)
     fd = wake.fileno()
     os.set_blocking(fd, False)
 
@@ -264,15 +272,32 @@ async def _child(settings: Settings, wake: Connection, requests: Connection,
             store.fail_all("parent gone")
             stop.set()
 
+    watching = True
     loop.add_reader(fd, on_wake)
+
+    def listen(on: bool) -> None:
+        """Watch the wake pipe only while the pipeline waits for new rows: the rest of the
+        time a byte per commit would only wake this process for nothing. The bytes wait
+        in the pipe, so a commit made meanwhile still ends the next wait at once."""
+        nonlocal watching
+        on = on and not stop.is_set()
+        if on != watching:
+            watching = on
+            if on:
+                loop.add_reader(fd, on_wake)
+            else:
+                loop.remove_reader(fd)
+
+    pipeline.listen = listen
     task = asyncio.create_task(pipeline.run(), name="relay-pipeline")
     log.info("publisher_started", pid=os.getpid(), priority=priority)
     try:
         await stop.wait()
     finally:
-        loop.remove_reader(fd)
+        listen(False)
         await pipeline.stop(settings.server.shutdown_timeout)
-        loop.remove_reader(replies.fileno())
+        if not store.replies.closed:
+            loop.remove_reader(replies.fileno())
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
@@ -458,3 +459,81 @@ async def test_no_new_batch_starts_while_the_ack_path_holds(tmp_path: Path) -> N
         await pipeline.stop()
         task.cancel()
         spool.close()
+
+
+class TimedPublisher(MemoryPublisher):
+    """A Kafka stand-in that notes when each batch was sent, its postbacks, and whether
+    the pipeline was listening for wakes at that moment."""
+
+    def __init__(self, listening: list[bool]) -> None:
+        super().__init__()
+        self.listening = listening
+        self.batches: list[tuple[float, list[bytes], bool]] = []
+
+    async def send_all(self, records: Sequence[Record]) -> list[BaseException | None]:
+        keys = [r.key for r in records if r.topic.endswith("receipts.v1")]
+        self.batches.append((time.monotonic(), keys, self.listening[-1]))
+        return await super().send_all(records)
+
+
+@contextlib.asynccontextmanager
+async def _lingering(tmp_path: Path, linger: float, batch_size: int = 256,
+                     first: Sequence[RawPostback] = ()
+                     ) -> AsyncIterator[tuple[Spool, TimedPublisher, list[bool]]]:
+    """A running pipeline with ``linger`` whose ``listen`` calls are recorded."""
+    listening = [True]
+    publisher = TimedPublisher(listening)
+    spool = Spool(tmp_path, 1 << 30).open()
+    for r in first:
+        await spool.append(r)
+    pipeline = Pipeline(spool, Normaliser(SOURCES), publisher, TOPICS, Metrics(),
+                        dedup_window=3600, batch_size=batch_size, linger=linger,
+                        listen=listening.append)
+    spool.on_commit = pipeline.wake
+    task = asyncio.create_task(pipeline.run())
+    try:
+        yield spool, publisher, listening
+    finally:
+        await pipeline.stop()
+        task.cancel()
+        spool.close()
+
+
+async def test_rows_committed_within_the_linger_go_as_one_batch(tmp_path: Path) -> None:
+    """The first postback goes at once; the next ones, committed one by one within the
+    linger, wait for it to pass and go together in one batch."""
+    async with _lingering(tmp_path, linger=0.3) as (spool, publisher, _):
+        started = time.monotonic()
+        await spool.append(raw([item(1)], raw_id=1))
+        await _until(lambda: len(publisher.batches) == 1)
+        assert publisher.batches[0][0] - started < 0.2  # no wait after a quiet spell
+        for n in (2, 3, 4):
+            await spool.append(raw([item(n)], raw_id=n))
+            await asyncio.sleep(0.02)
+        await _until(lambda: spool.stats().pending == 0)
+        assert [keys for _, keys, _ in publisher.batches] == [[b"m1"], [b"m2", b"m3", b"m4"]]
+        assert publisher.batches[1][0] - publisher.batches[0][0] >= 0.29
+
+
+async def test_a_full_batch_is_followed_at_once_despite_the_linger(tmp_path: Path) -> None:
+    """A backlog goes out in full batches back to back; only a batch that was not full
+    makes the next one wait for the linger."""
+    first = [raw([item(n)], raw_id=n) for n in range(1, 6)]
+    async with _lingering(tmp_path, linger=30.0, batch_size=2, first=first) as (
+            spool, publisher, _):
+        await _until(lambda: spool.stats().pending == 0, seconds=3.0)
+        assert [keys for _, keys, _ in publisher.batches] == [
+            [b"m1", b"m2"], [b"m3", b"m4"], [b"m5"]]
+        await spool.append(raw([item(6)], raw_id=6))  # after a batch of one: 30 s to wait
+        await asyncio.sleep(0.3)
+        assert spool.stats().pending == 1 and len(publisher.batches) == 3
+
+
+async def test_wakes_are_wanted_only_while_waiting_for_rows(tmp_path: Path) -> None:
+    """``listen`` is off while a batch is taken and sent, and on again once the loop waits."""
+    async with _lingering(tmp_path, linger=0.0) as (spool, publisher, listening):
+        await spool.append(raw([item(1)], raw_id=1))
+        await _until(lambda: spool.stats().pending == 0)
+        await _until(lambda: listening[-1] is True)
+        assert [on for _, _, on in publisher.batches] == [False]
+        assert False in listening

@@ -337,7 +337,8 @@ def test_kafka_values_parsed_and_normalised() -> None:
     s = parse({"kafka": {
         "bootstrap_servers": ["k:1"], "topic_prefix": "", "client_id": "me",
         "create_topics": True, "partitions": 3, "replication_factor": 2, "compression": "lz4",
-        "linger_ms": 20, "request_timeout_ms": 1000, "security_protocol": "sasl_ssl",
+        "linger_ms": 20, "batch_linger_ms": 25, "request_timeout_ms": 1000,
+        "security_protocol": "sasl_ssl",
         "sasl_mechanism": "scram-sha-512", "sasl_username": "user", "sasl_password": "env:KPW",
         "ssl_cafile": "/ca.pem",
     }}, environ=ENV, base=Path("/b"))  # fmt: skip
@@ -346,7 +347,7 @@ def test_kafka_values_parsed_and_normalised() -> None:
     assert k.client_id == "me"
     assert k.create_topics is True
     assert (k.partitions, k.replication_factor, k.compression) == (3, 2, "lz4")
-    assert (k.linger_ms, k.request_timeout_ms) == (20, 1000)
+    assert (k.linger_ms, k.batch_linger_ms, k.request_timeout_ms) == (20, 25, 1000)
     assert k.security_protocol == "SASL_SSL"
     assert k.sasl_mechanism == "SCRAM-SHA-512"
     assert k.sasl_username == "user"
@@ -371,6 +372,9 @@ def test_kafka_values_parsed_and_normalised() -> None:
         ({"partitions": 0}, "kafka.partitions"),
         ({"replication_factor": -1}, "kafka.replication_factor"),
         ({"request_timeout_ms": 0}, "kafka.request_timeout_ms"),
+        ({"linger_ms": -1}, "kafka.linger_ms"),
+        ({"batch_linger_ms": -5}, "kafka.batch_linger_ms"),
+        ({"batch_linger_ms": "10ms"}, "kafka.batch_linger_ms"),
         ({"create_topics": "yes"}, "kafka.create_topics"),
         ({"brokers": []}, "kafka.brokers"),
     ],
@@ -381,9 +385,15 @@ def test_kafka_errors_name_the_key(data: dict[str, Any], key: str) -> None:
 
 
 def test_kafka_linger_ms_zero_is_kept() -> None:
-    """linger_ms = 0 (send immediately) is kept, not replaced by the default."""
-    s = parse({"kafka": {"linger_ms": 0}}, environ={}, base=Path("/b"))
-    assert s.kafka.linger_ms == 0
+    """linger_ms = 0 and batch_linger_ms = 0 are kept, not replaced by the defaults."""
+    s = parse({"kafka": {"linger_ms": 0, "batch_linger_ms": 0}}, environ={}, base=Path("/b"))
+    assert (s.kafka.linger_ms, s.kafka.batch_linger_ms) == (0, 0)
+
+
+def test_kafka_batching_defaults() -> None:
+    """By default the publisher batches for 10 ms and the producer sends each batch at once."""
+    s = parse({}, environ={}, base=Path("/b"))
+    assert (s.kafka.batch_linger_ms, s.kafka.linger_ms) == (10, 0)
 
 
 def test_kafka_sasl_without_username_is_refused() -> None:
@@ -607,7 +617,8 @@ _TABLE_KEYS = {
     "spool": ["dir", "max_bytes", "retention_hours", "dedup_window_hours",
               "prune_interval_seconds"],
     "kafka": ["bootstrap_servers", "topic_prefix", "client_id", "create_topics", "partitions",
-              "compression", "linger_ms", "security_protocol", "sasl_mechanism",
+              "compression", "linger_ms", "batch_linger_ms", "security_protocol",
+              "sasl_mechanism",
               "sasl_username", "sasl_password"],
     "log": ["level", "format"],
 }  # fmt: skip

@@ -47,7 +47,7 @@ from relay.spool import DEAD, PENDING, PUBLISHED, Outcome
 
 T = TypeVar("T")
 log = get_logger("relay.pipeline")
-_HOLD_STEP = 0.05  # s between looks at the ack path's hold while it lasts
+_HOLD_STEP = 0.05  # s between looks at the ack path's hold (or a stop) while it lasts
 
 CE_SPECVERSION = b"1.0"
 CE_TYPES = {
@@ -486,14 +486,15 @@ class Pipeline:
         self._in_flight[task] = frozenset(i for i in batch.event_ids if i is not None)
 
     async def _linger(self) -> bool:
-        """Wait out what is left of ``linger`` since the last batch began, unless that
-        batch was full; True if it waited."""
+        """Wait out what is left of ``linger`` since the last batch began (in steps, so a
+        stop is not kept waiting by a long one), unless that batch was full; True if it
+        waited."""
         if self.linger <= 0 or self._full:
             return False
         due = self._started + self.linger - time.monotonic()
         if due <= 0:
             return False
-        await asyncio.sleep(due)
+        await asyncio.sleep(min(due, _HOLD_STEP))
         return True
 
     def _collect(self) -> None:

@@ -203,6 +203,30 @@ def test_publisher_exits_when_relay_is_killed(kafka_bootstrap: str, tmp_path: Pa
     assert not any(alive(k) for k in kids)
 
 
+@pytest.mark.kafka
+async def test_lingering_publisher_exits_when_relay_is_killed(kafka_bootstrap: str,
+                                                              tmp_path: Path) -> None:
+    """A publisher that is not watching its wake pipe (lingering after a batch) still
+    notices relay's kill -9, by its replies pipe, and exits within seconds."""
+    prefix = unique_prefix()
+    config = _write_config(tmp_path, kafka_bootstrap, prefix)
+    config.write_text(config.read_text().replace("partitions = 2\n",
+                                                 "partitions = 2\nbatch_linger_ms = 600000\n"))
+    proc = RelayProcess(config, free_port(), ENV)
+    proc.start()
+    assert proc.proc is not None
+    kids = children(proc.proc.pid)
+    async with httpx.AsyncClient(base_url=proc.url) as client:
+        resp = await client.post("/hooks/bw", content=json.dumps([dlr(1)]), headers=AUTH)
+        assert resp.status_code == 200
+    await consume(kafka_bootstrap, f"{prefix}delivery-receipts.v1", 1)  # one batch went:
+    proc.kill()  # the publisher now lingers for ten minutes
+    deadline = time.monotonic() + 8
+    while any(alive(k) for k in kids) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert not any(alive(k) for k in kids)
+
+
 class Ticks:
     """A clock and a CPU-time counter that a test moves by hand."""
 

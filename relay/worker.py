@@ -296,8 +296,7 @@ async def _child(settings: Settings, wake: Connection, requests: Connection,
     finally:
         listen(False)
         await pipeline.stop(settings.server.shutdown_timeout)
-        if not store.replies.closed:
-            loop.remove_reader(replies.fileno())
+        loop.remove_reader(replies.fileno())  # a no-op if on_reply already did
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

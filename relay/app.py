@@ -33,8 +33,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay.errors import HookError, PayloadTooLarge
 from relay.observability import get_logger
-from relay.service import Incoming, Service
+from relay.service import Service
 from relay.sources import Source
+from relay.verify import Request as Postback
 
 log = get_logger("relay.app")
 JSON = "application/json"
@@ -90,16 +91,14 @@ async def send_json(send: Send, status: int, body: object,
     await send({"type": "http.response.body", "body": content})
 
 
-def _incoming(scope: Scope, name: str, token: str | None, headers: dict[str, str],
-              body: bytes) -> Incoming:
+def _postback(scope: Scope, token: str | None, headers: dict[str, str], body: bytes) -> Postback:
+    """The framework-free request the service verifies and spools."""
     client = scope.get("client")
-    path: str = scope["path"]
     raw_path = scope.get("raw_path")
-    return Incoming(
-        source=name, token=token, method=scope["method"], path=path,
-        raw_path=raw_path.decode("latin-1") if raw_path is not None else path,
-        query=scope.get("query_string", b"").decode("latin-1"), headers=headers, body=body,
-        peer=client[0] if client else None, http_version=scope.get("http_version", "1.1"),
+    return Postback(
+        scope["method"], raw_path.decode("latin-1") if raw_path is not None else scope["path"],
+        scope.get("query_string", b"").decode("latin-1"), headers, body, token,
+        scope.get("http_version", "1.1"), client[0] if client else None,
     )
 
 
@@ -128,13 +127,13 @@ class HookEndpoint:
         started = time.perf_counter()
         try:
             source = self.service.source_for(name, token)
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                       for k, v in scope["headers"]}
+            # Header names come in lower case: the ASGI spec asks it of servers, uvicorn
+            # (which relay runs under) and httpx's test transport do it, Starlette relies on it.
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
             body = await read_body(receive, headers, source.max_body_bytes)
             if body is None:
                 return  # nobody is left to answer
-            raw_id = await self.service.receive(source, _incoming(scope, name, token, headers,
-                                                                  body))
+            raw_id = await self.service.receive(source, _postback(scope, token, headers, body))
         except HookError as exc:
             await self.refuse(scope, send, name, exc)
             return

@@ -12,6 +12,15 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+_READ_SIZE = 1 << 16
+
+
+def send(conn: Connection, message: Any) -> None:
+    """``conn.send(message)``, pickled with the C pickler at once (``Connection.send``
+    builds a ``ForkingPickler`` and a buffer for every message, which nothing sent here
+    needs: the messages are tuples, lists, numbers, strings, bytes and functions)."""
+    conn.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
+
 
 class Frames:
     """Messages read from a pipe that a :class:`Connection` writes into, without blocking.
@@ -33,7 +42,7 @@ class Frames:
         pipe fails: its writer is gone either way)."""
         while not self.closed:
             try:
-                chunk = os.read(self.fd, 1 << 16)
+                chunk = os.read(self.fd, _READ_SIZE)
             except BlockingIOError:
                 break
             except OSError:
@@ -42,6 +51,8 @@ class Frames:
                 self.closed = True
                 break
             self.buffer += chunk
+            if len(chunk) < _READ_SIZE:
+                break  # the pipe is empty (what comes next wakes the loop again)
         messages = []
         while len(self.buffer) >= 4:
             (size,) = struct.unpack("!i", self.buffer[:4])
@@ -80,7 +91,7 @@ class Outbox:
         if not queued:
             return
         try:
-            self.conn.send(queued)
+            send(self.conn, queued)
         except (OSError, ValueError) as exc:
             self.on_error(f"{self.peer} unreachable: {exc}")
 

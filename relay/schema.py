@@ -18,7 +18,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -121,9 +121,12 @@ def _whole_second(seconds: int) -> str:
     return (_EPOCH + timedelta(seconds=seconds)).isoformat(timespec="seconds")
 
 
-@dataclass(frozen=True, slots=True)
-class RawPostback:
-    """A postback exactly as received; what the spool stores and replay re-reads."""
+class RawPostback(NamedTuple):
+    """A postback exactly as received; what the spool stores and replay re-reads.
+
+    A named tuple, not a frozen dataclass: immutable all the same, and one is built for
+    every acknowledged postback (a frozen dataclass costs four times as much to build).
+    """
 
     source: str
     received_at: float

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from relay.errors import ConfigError, PublishError, UnknownSource
@@ -22,27 +21,11 @@ from relay.schema import RawPostback
 from relay.settings import Settings
 from relay.sources import Source, build
 from relay.spool import Spool
-from relay.verify import Request, client_address
+from relay.verify import ClientAddresses, Request
 from relay.worker import Worker
 from relay.writer import SpoolProcess
 
 log = get_logger("relay.service")
-
-
-@dataclass(frozen=True, slots=True)
-class Incoming:
-    """A request to ``/hooks/...`` as the web layer hands it over."""
-
-    source: str
-    token: str | None
-    method: str
-    path: str
-    query: str
-    headers: dict[str, str]
-    body: bytes
-    peer: str | None
-    http_version: str = "1.1"
-    raw_path: str | None = None  # the request target's path as sent (not percent-decoded)
 
 
 class Service:
@@ -61,6 +44,7 @@ class Service:
         self.metrics = Metrics()
         self.sources: dict[str, Source] = dict(build(settings))
         self.topics = Topics(settings.kafka.topic_prefix)
+        self.addresses = ClientAddresses(settings.server.trusted_proxies)
         self.spool: Spool
         if publisher is not None:
             self.spool = Spool(settings.spool.dir, settings.spool.max_bytes,
@@ -164,25 +148,24 @@ class Service:
             raise UnknownSource(f"no source {name!r}")
         return source
 
-    async def receive(self, source: Source, req: Incoming) -> int:
-        """Check, verify and durably spool one postback; returns its raw_id.
+    def receive(self, source: Source, req: Request) -> asyncio.Future[int]:
+        """Check, verify and durably spool one postback: a future of its raw_id, done once
+        the postback is on disk.
 
         The body size was already enforced by the web layer (it streams the body).
-        Raises a :class:`~relay.errors.HookError` for every refusal.
+        Raises a :class:`~relay.errors.HookError` for every refusal; the future fails with
+        :class:`~relay.errors.SpoolUnavailable` if the spool cannot take the write.
         """
-        address = client_address(req.peer, req.headers.get("x-forwarded-for"),
-                                 self.settings.server.trusted_proxies)
+        address = self.addresses.resolve(req.peer, req.headers.get("x-forwarded-for"))
         source.allowlist.check(address)
         now = self.clock()
-        source.verifier.verify(
-            Request(req.method, req.raw_path or req.path, req.query, req.headers, req.body,
-                    req.token, req.http_version), now)
-        path = req.path if req.token is None else f"/hooks/{source.name}/{{token}}"
+        source.verifier.verify(req, now)
         kept = tuple((k, v) for k, v in req.headers.items() if k in source.kept_headers)
-        raw = RawPostback(source=source.name, received_at=now, remote_addr=address,
-                          method=req.method, path=path, query=req.query, headers=kept,
-                          body=req.body)
-        return await self.spool.append(raw)
+        # Positional: the fields in order (source, received_at, remote_addr, method, path,
+        # query, headers, body). The path stored is the route's, a URL token masked.
+        raw = RawPostback(source.name, now, address, req.method, source.stored_path(req.token),
+                          req.query, kept, req.body)
+        return self.spool.append(raw)
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Whether relay can take postbacks now, and why (the /readyz body).

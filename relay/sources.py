@@ -30,6 +30,11 @@ class Source:
     max_body_bytes: int
     uses_token: bool
 
+    def stored_path(self, token: str | None) -> str:
+        """The path the spool keeps for a postback to this source: the route's, with a URL
+        token masked (a token is a secret)."""
+        return f"/hooks/{self.name}" if token is None else f"/hooks/{self.name}/{{token}}"
+
 
 def _verifier(cfg: SourceConfig, extra: tuple[Verifier, ...], requires_auth: bool) -> Verifier:
     verifiers: list[Verifier] = []

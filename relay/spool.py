@@ -434,9 +434,10 @@ class Spool:
                 results.append((op, None, exc))
         return results
 
-    async def _submit(self, fn: Callable[[sqlite3.Connection], T] | None,
-                      row: tuple[Any, ...] | None = None) -> T:
-        """Queue a write for this loop's next flush and wait until it is committed."""
+    def _submit(self, fn: Callable[[sqlite3.Connection], T] | None,
+                row: tuple[Any, ...] | None = None) -> asyncio.Future[T]:
+        """Queue a write for this loop's next flush; the future is done once it is
+        committed. (A future, not a coroutine: the ack path awaits it directly.)"""
         if self._writer is None:
             raise SpoolUnavailable("spool is not open")
         loop = asyncio.get_running_loop()
@@ -445,7 +446,7 @@ class Spool:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
-        return await future
+        return future
 
     def _flush(self) -> None:
         """Commit every write queued since the last flush, in one transaction (one fsync).
@@ -484,13 +485,14 @@ class Spool:
         return (raw.source, raw.received_at, raw.remote_addr, raw.method, raw.path, raw.query,
                 headers, raw.body, len(raw.body) + len(headers))
 
-    async def append(self, raw: RawPostback) -> int:
-        """Store ``raw`` durably; returns its raw_id once committed (fsynced).
+    def append(self, raw: RawPostback) -> asyncio.Future[int]:
+        """Store ``raw`` durably: a future of its raw_id, done once committed (fsynced).
 
-        Raises :class:`SpoolUnavailable` if the spool is over its size cap or the disk
-        refuses the write.
+        The future fails with :class:`SpoolUnavailable` if the spool is over its size cap
+        or the disk refuses the write (a closed spool raises it at once). A future, not a
+        coroutine: one per acknowledged postback, awaited by the ack path directly.
         """
-        return await self._submit(None, row=self._row(raw))
+        return self._submit(None, row=self._row(raw))
 
     def append_sync(self, raw: RawPostback) -> int:
         """:meth:`append` for code without an event loop (tests, tools)."""

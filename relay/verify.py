@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -35,9 +35,13 @@ from relay.settings import IPNetwork, Secret
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """What a verifier may look at; headers are keyed in lower case."""
+class Request(NamedTuple):
+    """A postback request as the web layer hands it over, and what a verifier may look at.
+
+    ``path`` is the request target's path as sent (not percent-decoded: signatures cover
+    it); headers are keyed in lower case; ``peer`` is the direct peer's address. A named
+    tuple: immutable, and cheap to build once per request.
+    """
 
     method: str
     path: str
@@ -46,6 +50,7 @@ class Request:
     body: bytes
     token: str | None = None
     http_version: str = "1.1"
+    peer: str | None = None
 
     @property
     def request_line(self) -> str:
@@ -106,6 +111,21 @@ def client_address(peer: str | None, forwarded_for: str | None,
         if not _in(hop_ip, trusted_proxies):
             break
     return str(address)
+
+
+class ClientAddresses:
+    """:func:`client_address` for one set of trusted proxies, memoised by peer and header:
+    a provider posts from a few addresses, through the same proxies."""
+
+    def __init__(self, trusted_proxies: Sequence[IPNetwork], size: int = 4096) -> None:
+        self.trusted_proxies = tuple(trusted_proxies)
+        self.resolve = lru_cache(maxsize=size)(self._resolve)
+
+    def _resolve(self, peer: str | None, forwarded_for: str | None) -> str:
+        return client_address(peer, forwarded_for, self.trusted_proxies)
+
+    def __repr__(self) -> str:
+        return f"ClientAddresses(trusted_proxies={self.trusted_proxies!r})"
 
 
 @dataclass(frozen=True, slots=True)

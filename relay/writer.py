@@ -45,7 +45,7 @@ from typing import Any
 
 from relay.errors import SpoolUnavailable
 from relay.observability import configure_logging, get_logger
-from relay.pipes import Frames, Outbox
+from relay.pipes import Frames, Outbox, send
 from relay.spool import Spool, WriteOp, WriteResult
 
 log = get_logger("relay.writer")
@@ -81,7 +81,7 @@ class _Writer:
 
     def send(self, results: list[Reply]) -> None:
         with self.send_lock, contextlib.suppress(OSError, ValueError):
-            self.replies.send(("done", results, self.spool.bytes_used, self.spool.broken))
+            send(self.replies, ("done", results, self.spool.bytes_used, self.spool.broken))
 
     def run(self) -> None:
         poller = select.poll()
@@ -276,16 +276,17 @@ class SpoolProcess(Spool):
 
     # --- requests ------------------------------------------------------------------------------
 
-    async def _submit(self, fn: Callable[[Any], Any] | None,
-                      row: tuple[Any, ...] | None = None) -> Any:
-        request = ("append", row) if row is not None else ("call", fn)
-        return await self._request(*request)
+    def _submit(self, fn: Callable[[Any], Any] | None,
+                row: tuple[Any, ...] | None = None) -> asyncio.Future[Any]:
+        if row is not None:
+            return self._request("append", row)
+        return self._request("call", fn)
 
     async def prune(self, *, older_than: float, seen_before: float) -> int:
         """Prune in the writer (in a thread there, in short transactions)."""
         return int(await self._request("prune", older_than, seen_before))
 
-    async def _request(self, kind: str, *args: Any) -> Any:
+    def _request(self, kind: str, *args: Any) -> asyncio.Future[Any]:
         outbox = self._outbox
         if outbox is None:
             raise SpoolUnavailable(self._broken or "spool is not open")
@@ -297,7 +298,7 @@ class SpoolProcess(Spool):
         if kind == "append":
             self._appends.add(number)
         outbox.put(kind, number, *args)
-        return await future
+        return future
 
     def _on_replies(self) -> None:
         frames = self._frames

@@ -9,9 +9,18 @@ from typing import Any
 
 import pytest
 import structlog
-from prometheus_client import generate_latest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from relay.observability import Metrics, configure_logging, get_logger, redact
+from relay.observability import (
+    LoopCounter,
+    LoopHistogram,
+    Metrics,
+    configure_logging,
+    get_logger,
+    redact,
+)
 
 SENSITIVE = ["text", "body", "password", "authorization", "secret", "token", "content",
              "message_text", "signature"]  # fmt: skip
@@ -144,8 +153,8 @@ def test_context_vars_are_merged_and_redacted(capsys: pytest.CaptureFixture[str]
 def test_metrics_instances_have_separate_registries() -> None:
     """Two Metrics objects can coexist and count independently."""
     a, b = Metrics(), Metrics()
-    a.postbacks.labels(source="bw", outcome="accepted").inc()
-    a.postbacks.labels(source="bw", outcome="accepted").inc()
+    a.postbacks.labels("bw", "accepted").inc()
+    a.postbacks.labels("bw", "accepted").inc()
     b.backlog.set(7)
     text_a = generate_latest(a.registry).decode()
     text_b = generate_latest(b.registry).decode()
@@ -166,3 +175,49 @@ def test_metrics_expose_every_documented_series() -> None:
                  "relay_kafka_connected"):  # fmt: skip
         assert re.search(rf"^# TYPE {name}(_total)? (counter|gauge|histogram)$", text, re.M)
     assert 'relay_ack_seconds_bucket{le="0.005"} 1.0' in text
+
+
+BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5)
+
+
+def _samples(registry: CollectorRegistry) -> list[str]:
+    """The exposition's sample lines, without the ``_created`` timestamps."""
+    text = generate_latest(registry).decode()
+    return [line for line in text.splitlines() if line and "_created" not in line]
+
+
+@given(st.lists(st.one_of(st.sampled_from(BUCKETS), st.floats(0, 10, allow_nan=False)),
+                max_size=40))
+def test_loop_histogram_exposes_what_a_prometheus_histogram_does(values: list[float]) -> None:
+    """LoopHistogram's exposition is prometheus-client's Histogram's, bound values included."""
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    mine = LoopHistogram("relay_x_seconds", "doc", BUCKETS, ours)
+    reference = Histogram("relay_x_seconds", "doc", buckets=BUCKETS, registry=theirs)
+    for value in values:
+        mine.observe(value)
+        reference.observe(value)
+    assert _samples(ours)[:-1] == _samples(theirs)[:-1]  # all but the sum: float sums differ
+    assert mine.sum == pytest.approx(sum(values))
+
+
+@given(st.lists(st.tuples(st.sampled_from(["bw", "mm"]),
+                          st.sampled_from(["accepted", "forbidden"]),
+                          st.integers(1, 3)), max_size=20))
+def test_loop_counter_exposes_what_a_prometheus_counter_does(
+        incs: list[tuple[str, str, int]]) -> None:
+    """LoopCounter's exposition is prometheus-client's Counter's for the same increments."""
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    mine = LoopCounter("relay_y", "doc", ["source", "outcome"], ours)
+    reference = Counter("relay_y", "doc", ["source", "outcome"], registry=theirs)
+    for source, outcome, amount in incs:
+        mine.labels(source, outcome).inc(amount)
+        reference.labels(source, outcome).inc(amount)
+    assert sorted(_samples(ours)) == sorted(_samples(theirs))
+
+
+def test_loop_metrics_refuse_a_second_family_of_the_same_name() -> None:
+    """A registry refuses a LoopCounter whose name another metric has, as for its own."""
+    registry = CollectorRegistry()
+    Counter("relay_z", "doc", registry=registry)
+    with pytest.raises(ValueError, match="Duplicated"):
+        LoopCounter("relay_z", "doc", [], registry)

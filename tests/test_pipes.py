@@ -7,8 +7,9 @@ import multiprocessing
 import os
 import pickle
 import struct
+import threading
 
-from relay.pipes import Frames, Outbox
+from relay.pipes import Frames, Outbox, send
 
 
 def test_frames_wait_for_whole_messages() -> None:
@@ -27,6 +28,32 @@ def test_frames_wait_for_whole_messages() -> None:
     assert frames.read() == [("kafka", True, None)]
     write.close()
     assert frames.read() == [] and frames.closed
+
+
+def test_frames_read_a_message_larger_than_one_read() -> None:
+    """A message of several read sizes waiting whole in the pipe comes out of one call."""
+    read, write = multiprocessing.Pipe(duplex=False)
+    os.set_blocking(read.fileno(), False)
+    frames = Frames(read.fileno())
+    big = ("done", [b"y" * 200_000], 7, None)
+
+    def writer() -> None:
+        send(write, big)
+
+    thread = threading.Thread(target=writer)
+    thread.start()  # the pipe holds 64 KiB by default: the writer blocks until it is read
+    got: list[object] = []
+    while not got:
+        got = frames.read()
+    thread.join()
+    assert got == [big]
+
+
+def test_send_writes_what_connection_recv_reads() -> None:
+    """send() uses Connection.send's wire format (a length, then a pickle)."""
+    read, write = multiprocessing.Pipe(duplex=False)
+    send(write, ("ready", 12, [1.5, None, b"raw"]))
+    assert read.recv() == ("ready", 12, [1.5, None, b"raw"])
 
 
 def test_frames_treat_a_failing_pipe_as_closed() -> None:

@@ -20,6 +20,7 @@ from relay.settings import Secret
 from relay.verify import (
     AllOf,
     BasicAuthVerifier,
+    ClientAddresses,
     IPAllowlist,
     MessageMediaVerifier,
     Request,
@@ -91,6 +92,17 @@ def test_client_address_without_forwarded_for_is_peer() -> None:
     """With no X-Forwarded-For the peer address is the client."""
     assert client_address("203.0.113.9", None, TRUSTED) == "203.0.113.9"
     assert client_address("10.0.0.1", "", TRUSTED) == "10.0.0.1"
+
+
+def test_client_addresses_answer_as_client_address_does() -> None:
+    """The memoised resolver gives client_address's answer for each peer and header, asked
+    twice, and each instance uses its own trusted proxies."""
+    trusting, untrusting = ClientAddresses(TRUSTED), ClientAddresses(())
+    for _ in range(2):
+        assert trusting.resolve("10.0.0.1", "198.51.100.7") == "198.51.100.7"
+        assert trusting.resolve("10.0.0.1", "198.51.100.8") == "198.51.100.8"
+        assert trusting.resolve("10.0.0.1", None) == "10.0.0.1"
+        assert untrusting.resolve("10.0.0.1", "198.51.100.7") == "10.0.0.1"
 
 
 def test_client_address_ignores_forwarded_for_from_untrusted_peer() -> None:

@@ -284,6 +284,23 @@ default_region = "US"
 """)
 
 
+
+def fill_seen(spool: Path, count: int) -> None:
+    """Put ``count`` random event ids, an hour old (inside the dedup window), into the
+    dedup record relay will open (``<spool>/seen.db``)."""
+    import uuid
+
+    from relay.seen import SeenStore
+
+    store = SeenStore(spool / "seen.db").open()
+    stamp = time.time() - 3600
+    try:
+        for start in range(0, count, 50_000):
+            n = min(50_000, count - start)
+            store.insert([(str(uuid.uuid4()), start + i, stamp) for i in range(n)])
+    finally:
+        store.close()
+
 # --- load generator --------------------------------------------------------------------------
 
 
@@ -554,6 +571,9 @@ async def bench(args: argparse.Namespace, work: Path, bootstrap: str,
     env["BENCH_BW_PASSWORD"] = PASSWORD
     config = work / "relay.toml"
     relay_config(config, work / "spool", bootstrap, prefix, args)
+    if args.seen_ids:
+        say(f"filling relay's dedup record with {args.seen_ids:,} ids")
+        await asyncio.to_thread(fill_seen, work / "spool", args.seen_ids)
     relay_port, bare_port = free_port(), free_port()
     relay_argv = [sys.executable, "-m", "relay.cli", "serve", "--config", str(config),
                   "--port", str(relay_port)]  # fmt: skip
@@ -738,6 +758,8 @@ def print_table(res: dict[str, Any]) -> None:
 
     m = res["machine"]
     pause = ", publisher never pauses" if res["config"].get("no_pause") else ""
+    if res["config"].get("seen_ids"):
+        pause += f", dedup record filled with {res['config']['seen_ids']:,} ids"
     broker = ("broker under SCHED_IDLE" if res["config"].get("broker_idle")
               else "broker at normal priority")
     table = Table(title=f"relay ack bench - nproc {m['nproc']}, {m['cpu_model']}, "
@@ -858,6 +880,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quiet-wait", type=float, metavar="S",
                    help="before each phase wait up to S s for other processes to use < 0.25 "
                    "cores (15; quick 3; 0 = don't wait)")  # fmt: skip
+    p.add_argument("--seen-ids", type=int, default=0, metavar="N",
+                   help="fill relay's dedup record (seen.db) with N random event ids before "
+                   "it starts, as a relay that has run a while holds (0: empty, as new)")
     p.add_argument("--keep", action="store_true",
                    help="keep the work dir (logs, spool, the load generators' raw results)")
     p.add_argument("--json-only", action="store_true", help="print only the JSON line")

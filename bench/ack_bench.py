@@ -284,22 +284,19 @@ default_region = "US"
 """)
 
 
-
 def fill_seen(spool: Path, count: int) -> None:
     """Put ``count`` random event ids, an hour old (inside the dedup window), into the
-    dedup record relay will open (``<spool>/seen.db``)."""
-    import uuid
+    dedup record relay will open (``<spool>/seen.db``), as ``bench/seen_bench.py`` fills it."""
+    from seen_bench import fill
 
     from relay.seen import SeenStore
 
     store = SeenStore(spool / "seen.db").open()
-    stamp = time.time() - 3600
     try:
-        for start in range(0, count, 50_000):
-            n = min(50_000, count - start)
-            store.insert([(str(uuid.uuid4()), start + i, stamp) for i in range(n)])
+        fill(store, 0, count, time.time() - 3600)
     finally:
         store.close()
+
 
 # --- load generator --------------------------------------------------------------------------
 
